@@ -1,0 +1,1 @@
+"""Avatars: registration (face analysis, crop, cache) and the on-disk registry."""

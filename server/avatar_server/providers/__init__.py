@@ -1,0 +1,1 @@
+"""Language-model and speech providers: text in, text or audio out."""

@@ -1,0 +1,1 @@
+"""Renderers: audio in, video frames of an avatar out (CPU lip-sync, Ditto)."""

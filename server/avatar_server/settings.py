@@ -1,0 +1,93 @@
+"""All configuration in one typed object, read from AVATAR_* env vars, `.env` and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field is settable as AVATAR_<FIELD NAME> (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AVATAR_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- service -----------------------------------------------------------
+    host: str = Field("0.0.0.0", description="gRPC listen address")
+    port: int = Field(50051, description="gRPC port")
+    instance_id: str = Field("", description="Name of this instance (default: host name)")
+    data_dir: Path = Field(Path("data"), description="Where avatars and caches are kept")
+    log_level: str = Field("INFO", description="Logging level")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format")
+    shutdown_grace_s: float = Field(10.0, description="Seconds running turns get on SIGTERM")
+
+    # --- choices -----------------------------------------------------------
+    renderer: str = Field("lipsync", description="Renderer: lipsync (CPU) or ditto")
+    llm: str = Field("echo", description="Language model: echo (offline) or openai")
+    tts: str = Field("espeak", description="Speech: espeak (offline) or google")
+    default_avatar: str = Field("", description="Avatar id used when a session names none")
+    default_language: str = Field("en-US", description="Language when a session names none")
+    system_prompt: str = Field(
+        "You are a friendly, concise assistant speaking through a video avatar. "
+        "Answer in one to three short sentences, in the user's language.",
+        description="Persona / system prompt for the language model",
+    )
+
+    # --- media -------------------------------------------------------------
+    fps: int = Field(25, description="Video frames per second")
+    clock_rate: int = Field(16000, description="Media clock / PCM sample rate (Hz)")
+    segment_seconds: float = Field(1.0, description="Target video segment length (s)")
+    video_crf: int = Field(23, description="x264 constant rate factor")
+    x264_preset: str = Field("veryfast", description="x264 preset")
+    encoder_threads: int = Field(1, description="x264 threads per session")
+
+    # --- limits ------------------------------------------------------------
+    max_sessions: int = Field(32, description="Most concurrent sessions")
+    max_text_chars: int = Field(2000, description="Most characters in one user message")
+    max_message_bytes: int = Field(4 * 1024 * 1024, description="Largest gRPC message (bytes)")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest avatar upload (bytes)")
+    session_idle_timeout_s: float = Field(0.0, description="Idle session timeout; 0 = none")
+    turn_deadline_s: float = Field(120.0, description="Longest a turn may run; 0 = none")
+    max_history_turns: int = Field(20, description="Conversation turns kept per session")
+
+    # --- echo LLM (offline) ---------------------------------------------------
+    echo_token_delay_s: float = Field(0.02, description="Delay between echo LLM tokens (s)")
+
+    # --- OpenAI-compatible LLM ------------------------------------------------
+    openai_model: str = Field("gpt-4o-mini", description="Chat model name")
+    openai_base_url: str | None = Field(None, description="API base URL (default: OPENAI_BASE_URL or OpenAI)")
+    openai_api_key: SecretStr | None = Field(None, description="API key (default: OPENAI_API_KEY)")
+    openai_temperature: float = Field(0.7, description="Sampling temperature")
+    openai_max_tokens: int = Field(300, description="Most tokens per reply")
+    openai_timeout_s: float = Field(30.0, description="Request timeout (s)")
+    openai_max_retries: int = Field(2, description="Retries on retriable errors")
+
+    # --- Google Cloud TTS -----------------------------------------------------
+    google_tts_endpoint: str | None = Field(None, description="API endpoint override (host:port)")
+    google_tts_voice_en: str = Field("en-US-Chirp3-HD-Achernar", description="Default English voice")
+    google_tts_voice_ko: str = Field("ko-KR-Chirp3-HD-Achernar", description="Default Korean voice")
+    google_tts_speaking_rate: float = Field(1.0, description="Speaking rate")
+    google_tts_sample_rate: int = Field(24000, description="Requested LINEAR16 sample rate (Hz)")
+    google_tts_timeout_s: float = Field(20.0, description="Request timeout (s)")
+    google_tts_max_retries: int = Field(2, description="Retries on retriable errors")
+
+    # --- espeak-ng TTS (offline) ---------------------------------------------
+    espeak_rate_wpm: int = Field(165, description="espeak-ng speaking rate (words per minute)")
+
+    # --- Ditto renderer -------------------------------------------------------
+    checkpoints: Path = Field(Path("checkpoints"), description="Ditto checkpoints folder")
+    ditto_runtime: Literal["pytorch", "onnx", "tensorrt"] = Field("pytorch", description="Ditto model runtime")
+    ditto_device: str = Field("auto", description="Device: auto, cpu, cuda, cuda:N")
+    ditto_sampling_steps: int = Field(10, description="LMDM DDIM sampling steps")
+    ditto_max_size: int = Field(512, description="Largest side of the rendered avatar")
+    ditto_template_frames: int = Field(3, description="Idle template frames used from a video avatar")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and `.env`, with explicit overrides (CLI flags) on top."""
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**clean)
