@@ -25,6 +25,15 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log line format")
     shutdown_grace_s: float = Field(10.0, description="Seconds running turns get on SIGTERM")
 
+    # --- security and operations ---------------------------------------------
+    auth_disabled: bool = Field(False, description="Accept calls without an API key (local use only)")
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated API keys; append ':admin' to allow avatar upload/delete"
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file")
+    metrics_port: int = Field(0, description="Prometheus /metrics HTTP port; 0 = off")
+
     # --- choices -----------------------------------------------------------
     renderer: str = Field("lipsync", description="Renderer: lipsync (CPU) or ditto")
     llm: str = Field("echo", description="Language model: echo (offline) or openai")
@@ -52,7 +61,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest avatar upload (bytes)")
     session_idle_timeout_s: float = Field(0.0, description="Idle session timeout; 0 = none")
     turn_deadline_s: float = Field(120.0, description="Longest a turn may run; 0 = none")
+    max_send_lag_s: float = Field(30.0, description="End a session whose client is this far behind (s)")
     max_history_turns: int = Field(20, description="Conversation turns kept per session")
+
+    # --- session store ------------------------------------------------------
+    session_store: str = Field("memory", description="Session store: memory, sqlite or redis")
+    session_store_path: Path = Field(Path("data/sessions.sqlite3"), description="SQLite session store file")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for the redis session store")
+    session_ttl_s: float = Field(86400.0, description="Seconds a saved session is kept after its last use")
 
     # --- echo LLM (offline) ---------------------------------------------------
     echo_token_delay_s: float = Field(0.02, description="Delay between echo LLM tokens (s)")
@@ -67,7 +83,9 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(2, description="Retries on retriable errors")
 
     # --- Google Cloud TTS -----------------------------------------------------
-    google_tts_endpoint: str | None = Field(None, description="API endpoint override (host:port)")
+    google_tts_endpoint: str | None = Field(
+        None, description="API endpoint override: host:port (TLS + ADC) or http://host:port (plaintext, tests)"
+    )
     google_tts_voice_en: str = Field("en-US-Chirp3-HD-Achernar", description="Default English voice")
     google_tts_voice_ko: str = Field("ko-KR-Chirp3-HD-Achernar", description="Default Korean voice")
     google_tts_speaking_rate: float = Field(1.0, description="Speaking rate")
@@ -85,6 +103,12 @@ class Settings(BaseSettings):
     ditto_sampling_steps: int = Field(10, description="LMDM DDIM sampling steps")
     ditto_max_size: int = Field(512, description="Largest side of the rendered avatar")
     ditto_template_frames: int = Field(3, description="Idle template frames used from a video avatar")
+    ditto_overlap: int = Field(10, description="LMDM window frames cross-faded with the previous window")
+    ditto_stride: int = Field(70, description="Final frames per LMDM window (at most 80 - overlap)")
+    ditto_first_frames: int = Field(10, description="Frames of the short first window of a turn (latency)")
+    ditto_render_batch: int = Field(16, description="Largest warp+decode batch across sessions")
+    ditto_capacity_fps: float = Field(0.0, description="Engine frames/s for admission; 0 = measure at start")
+    ditto_compile: bool = Field(False, description="torch.compile warp+decode and CUDA-graph LMDM (GPU)")
 
 
 def load_settings(**overrides: object) -> Settings:

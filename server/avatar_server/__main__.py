@@ -1,0 +1,5 @@
+"""`python -m avatar_server` runs the server."""
+
+from avatar_server.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""Media layer: frames + PCM on the session's media clock -> fragmented-MP4 segments and clips."""
+
+from avatar_server.media.clip import encode_clip
+from avatar_server.media.encoder import EncodedSegment, SegmentEncoder
+from avatar_server.media.resample import resample
+
+__all__ = ["EncodedSegment", "SegmentEncoder", "encode_clip", "resample"]

@@ -1,0 +1,1 @@
+"""The turn pipeline: reply text -> sentences -> speech -> frames -> segments, as typed events."""

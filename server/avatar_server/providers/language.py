@@ -1,0 +1,23 @@
+"""Small text helpers the providers share: script detection and sentence splitting."""
+
+from __future__ import annotations
+
+import re
+
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s+")
+
+
+def contains_hangul(text: str) -> bool:
+    """True when `text` has any Korean (Hangul) letter."""
+    return _HANGUL.search(text) is not None
+
+
+def is_korean(language: str) -> bool:
+    """True for BCP-47 tags of Korean ("ko", "ko-KR", ...)."""
+    return language.lower().split("-")[0] == "ko"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits text after sentence-ending punctuation; drops empty pieces."""
+    return [piece.strip() for piece in _SENTENCE_END.split(text) if piece.strip()]

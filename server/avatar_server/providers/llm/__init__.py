@@ -1,0 +1,1 @@
+"""Language-model providers: a conversation in, reply text streamed out."""

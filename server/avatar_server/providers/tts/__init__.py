@@ -1,0 +1,1 @@
+"""Speech providers: text in, PCM audio (and word timings) out."""

@@ -1,0 +1,1 @@
+"""Ditto TalkingHead renderer: audio -> motion diffusion (LMDM) -> keypoint warp -> SPADE decode."""

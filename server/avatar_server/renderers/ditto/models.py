@@ -1,0 +1,185 @@
+"""The Ditto networks behind one interface, whichever runtime (PyTorch, ONNX Runtime, TensorRT) runs them.
+
+The streaming pipeline codes against `DittoNetworks`, `load_networks` and `load_ditto_config` only.
+One `DittoNetworks` holds ONE shared copy of the weights on one device; sessions keep their own state
+elsewhere and may call it from several worker threads at once (calls share no mutable state).
+
+Shapes below are those of the official checkpoints ("full"). Stand-in checkpoints written with
+`avatar-checkpoints standin --size tiny` keep every outer width (image sizes, 21 keypoints, motion 265,
+HuBERT 1024, condition 1103, 80 frames) but shrink the inner ones: the appearance volume and the warped
+feature have fewer channels. Read them from `networks.sizes` (a `NetworkSizes`) instead of hard-coding
+(C=32, D=16) or 256; tiny stand-ins have random weights and render noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from avatar_server.renderers.base import ModelDescription
+from avatar_server.renderers.ditto.checkpoints import CheckpointsError, require_checkpoints
+from avatar_server.renderers.ditto.config import DittoConfig, load_ditto_config
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "CheckpointsError",
+    "DittoConfig",
+    "DittoNetworks",
+    "NetworkSizes",
+    "load_ditto_config",
+    "load_networks",
+    "require_checkpoints",
+]
+
+
+@dataclass(frozen=True)
+class NetworkSizes:
+    """Tensor sizes of one loaded network set (official values as defaults).
+
+    - `source_size`: side of the square RGB crop fed to `appearance` and `motion` (256).
+    - `feature_channels`, `feature_depth`, `feature_size`: the appearance volume is
+      (B, feature_channels, feature_depth, feature_size, feature_size) = (B, 32, 16, 64, 64) full-size.
+    - `warped_channels`: `warp` output / `decode` input channels, (B, 256, 64, 64) full-size.
+    - `image_size`: side of the square image `decode` returns (512).
+    - `num_kp`: implicit keypoints (21); `num_bins`: head-pose bins per angle (66).
+    - `motion_dim`: LMDM motion width (265); `audio_dim`: HuBERT feature width (1024);
+      `cond_dim`: LMDM per-frame condition width, read from the weights (1103 for the release);
+      `seq_frames`: LMDM window (80).
+    - `hubert_samples`: 16 kHz samples per HuBERT call (6480 = 10 x 640 + 80);
+      `hubert_frames`: 50 Hz HuBERT frames it returns (20).
+    """
+
+    source_size: int = 256
+    feature_channels: int = 32
+    feature_depth: int = 16
+    feature_size: int = 64
+    warped_channels: int = 256
+    image_size: int = 512
+    num_kp: int = 21
+    num_bins: int = 66
+    motion_dim: int = 265
+    audio_dim: int = 1024
+    cond_dim: int = 1103
+    seq_frames: int = 80
+    hubert_samples: int = 6480
+    hubert_frames: int = 20
+
+
+class DittoNetworks(Protocol):
+    """One shared set of Ditto networks on one device. Batch-first torch tensors in and out.
+
+    Inputs may be on any device and of any float dtype: they are moved to `device` (and cast as each
+    network needs). Outputs are on `device`. `hubert`, `lmdm`, `motion` and `stitch` return float32;
+    `appearance`, `warp` and `decode` return `dtype` (they only feed each other and the final image).
+    Any batch size B >= 1 is accepted; a runtime whose files are fixed at batch 1 (the official ONNX
+    and engines) runs the batch item by item, so batching pays only with the PyTorch runtime or
+    engines built with a batch range (see build_engines.py). Calls run synchronously: call them from
+    worker threads, never on the event loop. All calls are inference-only (no autograd).
+    """
+
+    device: torch.device
+    dtype: torch.dtype  # compute dtype of appearance/warp/decode: fp16 on CUDA by default, fp32 on CPU
+    runtime: str  # "pytorch" | "onnx" | "tensorrt"
+    sizes: NetworkSizes
+    motion_dim: int  # 265
+    cond_dim: int  # per-frame LMDM condition width, read from the LMDM weights (1103 for the release)
+    seq_frames: int  # 80
+
+    def hubert(self, audio: torch.Tensor) -> torch.Tensor:
+        """Streaming HuBERT: (B, 6480) float32 16 kHz mono in [-1, 1] -> (B, 20, 1024) float32, 50 Hz.
+
+        The official model exists only as ONNX; every runtime runs it with ONNX Runtime. Turning the
+        20 frames into 5 video-rate features ([-14:-4] averaged in pairs) is the caller's job.
+        """
+        ...
+
+    def lmdm(
+        self, x: torch.Tensor, cond_frame: torch.Tensor, cond: torch.Tensor, time: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One guided DDIM denoising step of the motion diffusion model.
+
+        x (B, L, 265) noisy motion, cond_frame (B, 265), cond (B, L, cond_dim), time (B,) int64 in
+        [0, 999]; L must equal `seq_frames` (80). Returns (pred_noise, x_start), both (B, L, 265)
+        float32, with classifier-free guidance weight 2 already applied inside (the unconditioned and
+        conditioned passes run as one batch of 2B in PyTorch), exactly as the official ONNX computes
+        it: x_start = unc + 2 * (cond - unc); pred_noise = (x - sqrt(a_t) x_start) / sqrt(1 - a_t)
+        with the cosine schedule's cumulative alpha a_t.
+        """
+        ...
+
+    def appearance(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 256, 256) RGB in 0..1 -> appearance volume (B, 32, 16, 64, 64) in `dtype`."""
+        ...
+
+    def motion(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 256, 256) RGB 0..1 -> raw motion-extractor outputs, float32.
+
+        Keys: "pitch", "yaw", "roll" (B, 66) logits over pose bins (softmax, expected index * 3 - 97.5
+        gives degrees: the caller does this); "t" (B, 3); "exp" (B, 63); "scale" (B, 1);
+        "kp" (B, 63) canonical keypoints (21 x 3, flattened).
+        """
+        ...
+
+    def warp(
+        self, feature_3d: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
+    ) -> torch.Tensor:
+        """Warps the appearance volume (B, 32, 16, 64, 64) from kp_source to kp_driving (each (B, 21, 3))
+        -> (B, 256, 64, 64) in `dtype` (occlusion already applied). The 3-D grid sample runs in fp32
+        where the runtime allows it."""
+        ...
+
+    def decode(self, feature: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 64, 64) warped feature -> (B, 3, 512, 512) RGB in 0..1 (`dtype`, after sigmoid)."""
+        ...
+
+    def stitch(self, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
+        """Stitching network: (B, 21, 3), (B, 21, 3) -> the STITCHED driving keypoints (B, 21, 3), float32.
+
+        This is the official ONNX output ("out"): the MLP's 65 outputs are already applied,
+        kp_driving + delta[:63] (per keypoint xyz) with delta[63:65] added to every keypoint's x, y.
+        """
+        ...
+
+    def describe(self) -> list[ModelDescription]:
+        """One entry per network (name, runtime, device, precision) for ServerInfo."""
+        ...
+
+
+def load_networks(
+    checkpoints: Path, *, runtime: str, device: str = "auto", precision: str | None = None
+) -> DittoNetworks:
+    """Loads the networks of a checkpoints folder (official layout) with one runtime.
+
+    runtime: "pytorch" (ditto_pytorch/models/*.pth), "onnx" (ditto_onnx/*.onnx) or "tensorrt"
+    (engines built by `make engines`, or prebuilt ones). device: "auto" (cuda if available),
+    "cpu", "cuda" or "cuda:N". precision: None (fp16 on CUDA, fp32 on CPU), "fp32" or "fp16".
+    Raises CheckpointsError (FAILED_PRECONDITION) naming every missing or malformed file and how
+    to get the real weights, before anything heavy is loaded.
+    """
+    require_checkpoints(Path(checkpoints), runtime)
+    if runtime == "pytorch":
+        from avatar_server.renderers.ditto.runtimes.torch_runtime import TorchNetworks
+
+        return TorchNetworks.load(Path(checkpoints), device=device, precision=precision)
+    if runtime == "onnx":
+        from avatar_server.renderers.ditto.runtimes.onnx_runtime import OnnxNetworks
+
+        return OnnxNetworks.load(Path(checkpoints), device=device, precision=precision)
+    if runtime == "tensorrt":
+        from avatar_server.renderers.ditto.runtimes.tensorrt_runtime import TensorRTNetworks
+
+        return TensorRTNetworks.load(Path(checkpoints), device=device, precision=precision)
+    raise CheckpointsError(f"unknown Ditto runtime {runtime!r}: use pytorch, onnx or tensorrt")
+
+
+def config_overrides_from_settings(settings: Any) -> Mapping[str, Any]:
+    """The DittoConfig overrides the service settings carry (sampling steps, max size, template frames)."""
+    return {
+        "sampling_timesteps": settings.ditto_sampling_steps,
+        "max_size": settings.ditto_max_size,
+        "template_n_frames": settings.ditto_template_frames,
+    }

@@ -1,0 +1,67 @@
+"""Pastes rendered 512x512 face crops back into the avatar's full frame, batched on the engine's device.
+
+The crop's affine is fixed per template frame, so its sampling grid and the warped soft mask are
+computed once per avatar; pasting a batch is then one grid_sample and one blend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def soft_square_mask(size: int, inner: float = 0.9) -> np.ndarray:
+    """(size, size) float32: 1 inside the central `inner` square, ramping linearly to 0 at the edges."""
+    margin = (size - int(size * inner)) / 2.0
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    ramp = np.clip(np.minimum(coords, size - coords) / max(margin, 1e-6), 0.0, 1.0)
+    return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
+
+
+def sampling_grid(crop_from_frame: np.ndarray, frame_size: tuple[int, int], crop_size: int) -> np.ndarray:
+    """For every frame pixel, where it falls in the crop, as grid_sample coordinates (H, W, 2) in -1..1.
+
+    `crop_from_frame` is the 2x3 affine taking frame pixel coordinates to crop pixel coordinates.
+    """
+    height, width = frame_size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    points = np.stack([xs, ys, np.ones_like(xs)], axis=-1)  # (H, W, 3)
+    crop_points = points @ crop_from_frame.astype(np.float32).T  # (H, W, 2)
+    return ((2.0 * crop_points + 1.0) / crop_size - 1.0).astype(np.float32)
+
+
+class PasteBack:
+    """Per-avatar paste-back tables on one device: grids (T, H, W, 2), masks (T, 1, H, W), backgrounds."""
+
+    def __init__(self, grids: torch.Tensor, masks: torch.Tensor, backgrounds: torch.Tensor) -> None:
+        self.grids = grids
+        self.masks = masks
+        self.backgrounds = backgrounds  # (T, 3, H, W) float 0..1
+
+    @classmethod
+    def build(
+        cls, frames: np.ndarray, crop_from_frame: np.ndarray, crop_size: int, device: torch.device
+    ) -> PasteBack:
+        """From template frames (T, H, W, 3) uint8 and their crop affines (T, 2, 3)."""
+        height, width = frames.shape[1:3]
+        mask = torch.from_numpy(soft_square_mask(crop_size))[None, None]
+        grids = torch.from_numpy(
+            np.stack([sampling_grid(m, (height, width), crop_size) for m in crop_from_frame])
+        )
+        masks = F.grid_sample(mask.expand(len(frames), -1, -1, -1), grids, align_corners=False)
+        backgrounds = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        return cls(grids.to(device), masks.to(device), backgrounds.to(device))
+
+    def paste(self, renders: torch.Tensor, template_index: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) renders in 0..1 + (B,) template frame indices -> (B, 3, H, W) frames in 0..1."""
+        grids = self.grids[template_index]
+        warped = F.grid_sample(renders.float(), grids, align_corners=False)
+        mask = self.masks[template_index]
+        return warped * mask + self.backgrounds[template_index] * (1.0 - mask)
+
+
+def to_rgb24(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) 0..1 -> (B, H, W, 3) uint8 on the host."""
+    pixels = (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()

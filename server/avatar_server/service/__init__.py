@@ -1,0 +1,1 @@
+"""The gRPC edge: servicer, sessions, and the one place events become protobuf."""

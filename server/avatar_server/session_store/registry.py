@@ -1,0 +1,30 @@
+"""Picks the session store named in the settings."""
+
+from __future__ import annotations
+
+from avatar_server.errors import InvalidInput
+from avatar_server.session_store.base import SessionStore
+from avatar_server.settings import Settings
+
+SESSION_STORE_NAMES = ("memory", "sqlite", "redis")
+
+
+def create_session_store(settings: Settings) -> SessionStore:
+    """The store for `settings.session_store`: memory (one process), sqlite (one machine) or redis."""
+    name = settings.session_store.strip().lower()
+    if name == "memory":
+        from avatar_server.session_store.memory import MemorySessionStore
+
+        return MemorySessionStore(ttl_s=settings.session_ttl_s)
+    if name == "sqlite":
+        from avatar_server.session_store.sqlite import SqliteSessionStore
+
+        return SqliteSessionStore(settings.session_store_path, ttl_s=settings.session_ttl_s)
+    if name == "redis":
+        from avatar_server.session_store.redis_store import RedisSessionStore
+
+        return RedisSessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+    raise InvalidInput(
+        f"unknown session store {settings.session_store!r}; choose one of {', '.join(SESSION_STORE_NAMES)}",
+        stage="server",
+    )

@@ -1,0 +1,178 @@
+"""The Google Cloud TTS provider: the real client library against a local fake gRPC servicer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from provider_servers import (  # noqa: F401
+    FakeGoogleTTSServer,
+    fake_google_tts_server,
+    fake_speech,
+    free_port,
+)
+
+from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
+from avatar_server.providers.tts.base import SpeechAudio
+from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
+from avatar_server.settings import Settings
+
+CHIRP_EN = "en-US-Chirp3-HD-Achernar"
+CHIRP_KO = "ko-KR-Chirp3-HD-Achernar"
+STANDARD_KO = "ko-KR-Standard-A"
+
+
+def synthesizer(endpoint: str, **overrides: object) -> GoogleSpeechSynthesizer:
+    values: dict[str, object] = dict(
+        google_tts_endpoint=endpoint,
+        google_tts_timeout_s=0.5,
+        google_tts_max_retries=2,
+        google_tts_sample_rate=16000,
+    )
+    values.update(overrides)
+    return GoogleSpeechSynthesizer(Settings(**values))
+
+
+async def speak(tts: GoogleSpeechSynthesizer, text: str, voice: str) -> list[SpeechAudio]:
+    try:
+        return [audio async for audio in tts.synthesize(text, voice=voice, language="")]
+    finally:
+        await tts.aclose()
+
+
+async def speak_until_error(
+    tts: GoogleSpeechSynthesizer, text: str, voice: str
+) -> tuple[list[SpeechAudio], ProviderError]:
+    pieces: list[SpeechAudio] = []
+    with pytest.raises(ProviderError) as caught:
+        try:
+            async for audio in tts.synthesize(text, voice=voice, language=""):
+                pieces.append(audio)
+        finally:
+            await tts.aclose()
+    assert caught.value.stage == "tts"
+    return pieces, caught.value
+
+
+def joined(pieces: list[SpeechAudio]) -> np.ndarray:
+    return np.concatenate([p.pcm for p in pieces])
+
+
+async def test_chirp_voice_streams_korean_text_intact(
+    fake_google_tts_server: FakeGoogleTTSServer,
+) -> None:
+    text = "안녕하세요, 반갑습니다! 오늘 어떠세요?"
+    pieces = await speak(synthesizer(fake_google_tts_server.endpoint), text, CHIRP_KO)
+    assert fake_google_tts_server.texts == [text]  # one streaming call, text unchanged
+    assert len(pieces) > 1  # streamed in chunks, not as one blob
+    assert all(p.sample_rate == 16000 and p.pcm.dtype == np.int16 for p in pieces)
+    np.testing.assert_array_equal(joined(pieces), fake_speech(text, 16000))
+
+
+async def test_standard_voice_is_synthesized_sentence_by_sentence(
+    fake_google_tts_server: FakeGoogleTTSServer,
+) -> None:
+    text = "Hello there. How are you today?"
+    pieces = await speak(synthesizer(fake_google_tts_server.endpoint), text, "en-US-Standard-C")
+    assert fake_google_tts_server.texts == ["Hello there.", "How are you today?"]
+    assert len(pieces) == 2
+    # the WAV header of LINEAR16 is stripped: exactly the samples the server made remain
+    np.testing.assert_array_equal(pieces[0].pcm, fake_speech("Hello there.", 16000))
+    assert pieces[1].sample_rate == 16000
+
+
+async def test_voice_language_and_rate_reach_the_service(
+    fake_google_tts_server: FakeGoogleTTSServer,
+) -> None:
+    tts = synthesizer(fake_google_tts_server.endpoint, google_tts_speaking_rate=1.25)
+    assert tts.default_voice("ko-KR") == CHIRP_KO
+    assert tts.default_voice("en-US") == CHIRP_EN
+    await speak(tts, "반갑습니다.", STANDARD_KO)
+    assert fake_google_tts_server.voice_names == [STANDARD_KO]
+    assert {v.name for v in tts.voices()} >= {CHIRP_EN, CHIRP_KO, STANDARD_KO}
+
+
+async def test_unknown_voice_is_not_found(fake_google_tts_server: FakeGoogleTTSServer) -> None:
+    with pytest.raises(NotFound) as caught:
+        await speak(synthesizer(fake_google_tts_server.endpoint), "hi", "xx-XX-Nobody")
+    assert caught.value.stage == "tts"
+    assert fake_google_tts_server.texts == []
+
+
+@pytest.mark.parametrize("voice", [CHIRP_EN, STANDARD_KO])
+async def test_slow_first_audio_is_deadline_exceeded(
+    fake_google_tts_server: FakeGoogleTTSServer, voice: str
+) -> None:
+    started = time.monotonic()
+    tts = synthesizer(fake_google_tts_server.endpoint, google_tts_max_retries=0)
+    pieces, error = await speak_until_error(tts, "[[fake:slow-first-token]] Hi.", voice)
+    assert pieces == []
+    assert error.code == StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 3.0  # the fake waits 5 s
+
+
+async def test_stream_error_keeps_audio_so_far_and_does_not_retry(
+    fake_google_tts_server: FakeGoogleTTSServer,
+) -> None:
+    tts = synthesizer(fake_google_tts_server.endpoint)
+    text = "[[fake:error-mid-stream]] A long enough sentence to need several chunks."
+    pieces, error = await speak_until_error(tts, text, CHIRP_EN)
+    assert len(pieces) == 1
+    assert error.code == StatusCode.INTERNAL
+    assert len(fake_google_tts_server.texts) == 1
+
+
+@pytest.mark.parametrize("voice", [CHIRP_EN, STANDARD_KO])
+async def test_retries_unavailable_before_the_first_audio(
+    fake_google_tts_server: FakeGoogleTTSServer, voice: str
+) -> None:
+    tts = synthesizer(fake_google_tts_server.endpoint, google_tts_max_retries=2)
+    pieces = await speak(tts, "[[fake:flaky-unavailable-2]] Third time lucky.", voice)
+    assert joined(pieces).size == fake_speech("Third time lucky.", 16000).size
+    assert len(fake_google_tts_server.texts) == 3
+
+
+@pytest.mark.parametrize(
+    ("scenario", "code", "attempts"),
+    [
+        ("status-unavailable", StatusCode.UNAVAILABLE, 2),
+        ("status-unauthenticated", StatusCode.UNAUTHENTICATED, 1),
+        ("status-permission-denied", StatusCode.PERMISSION_DENIED, 1),
+        ("status-resource-exhausted", StatusCode.RESOURCE_EXHAUSTED, 2),
+    ],
+)
+async def test_service_failures_map_to_grpc_codes(
+    fake_google_tts_server: FakeGoogleTTSServer, scenario: str, code: StatusCode, attempts: int
+) -> None:
+    tts = synthesizer(fake_google_tts_server.endpoint, google_tts_max_retries=1)
+    _, error = await speak_until_error(tts, f"[[fake:{scenario}]] Hi.", CHIRP_EN)
+    assert error.code == code
+    assert len(fake_google_tts_server.texts) == attempts
+
+
+@pytest.mark.parametrize("scenario", ["malformed-message", "malformed-audio"])
+@pytest.mark.parametrize("voice", [CHIRP_EN, STANDARD_KO])
+async def test_malformed_replies_are_internal(
+    fake_google_tts_server: FakeGoogleTTSServer, scenario: str, voice: str
+) -> None:
+    tts = synthesizer(fake_google_tts_server.endpoint)
+    _, error = await speak_until_error(tts, f"[[fake:{scenario}]] Hi.", voice)
+    assert error.code == StatusCode.INTERNAL
+
+
+async def test_service_down_is_unavailable() -> None:
+    tts = synthesizer(f"http://127.0.0.1:{free_port()}", google_tts_max_retries=1)
+    _, error = await speak_until_error(tts, "Hi.", CHIRP_EN)
+    assert error.code == StatusCode.UNAVAILABLE
+
+
+def test_missing_credentials_is_a_clear_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+    with pytest.raises(AvatarError) as caught:
+        GoogleSpeechSynthesizer(Settings(google_tts_endpoint=None))
+    assert caught.value.code == StatusCode.FAILED_PRECONDITION
+    assert caught.value.stage == "tts"
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in caught.value.message

@@ -1,0 +1,496 @@
+"""Bridge tests: the WebSocket protocol, bad input, access checks and bounded buffers.
+
+These run the real bridge app against FakeAvatarService, a TEST DOUBLE of the gRPC service
+(a real grpc.aio server on loopback that emits a valid, hand-made event sequence with fake media
+bytes). The end-to-end tests against the real avatar-server are in test_web_player.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import base64
+import os
+
+import grpc
+import grpc.aio
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+
+from avatar_web.app import create_app
+from avatar_web.keys import GRPC_CHANNEL, HUB, SETTINGS
+from avatar_web.outbox import Outbox, SlowConsumer
+from avatar_web.protocol import MediaKind, unpack_media
+from avatar_web.settings import WebSettings
+
+CLOCK_RATE = 16000
+
+
+class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
+    """TEST DOUBLE of the avatar service: a fixed event sequence per turn, fake media bytes."""
+
+    def __init__(self, segment_bytes: int = 2000, segments_per_turn: int = 3) -> None:
+        self.segment_bytes = segment_bytes
+        self.segments_per_turn = segments_per_turn
+        self.positions: dict[str, int] = {}
+        self.cancelled_streams = 0
+        self.configs: list[avatar_pb2.SessionConfig] = []
+        self.keep_alives = 0
+
+    async def Converse(self, request_iterator, context):  # noqa: N802 (gRPC name)
+        queue: asyncio.Queue = asyncio.Queue()
+        context.add_done_callback(lambda _: self._count_cancel(context))
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await queue.put(request)
+            await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            first = await queue.get()
+            if first is None or first.WhichOneof("request") != "config":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "config must come first")
+            config = first.config
+            self.configs.append(config)
+            resumed = config.session_id in self.positions
+            session_id = config.session_id if resumed else f"s{len(self.positions) + 1}"
+            self.positions.setdefault(session_id, 0)
+            yield avatar_pb2.ConverseResponse(
+                session_id=session_id,
+                session_started=avatar_pb2.SessionStarted(
+                    avatar=avatar_pb2.Avatar(id="fake", display_name="Fake"), voice="v1",
+                    language=config.language or "en-US", clock_rate=CLOCK_RATE, fps=25,
+                    width=64, height=64, renderer="fake", llm="fake-llm", tts="fake-tts",
+                    resumed=resumed, media_position=self.positions[session_id],
+                ),
+            )
+            sent_init = False
+            while (request := await queue.get()) is not None:
+                kind = request.WhichOneof("request")
+                if kind == "keep_alive":
+                    self.keep_alives += 1
+                    yield avatar_pb2.ConverseResponse(
+                        session_id=session_id, keep_alive=avatar_pb2.KeepAlive())
+                elif kind == "interrupt":
+                    yield avatar_pb2.ConverseResponse(
+                        session_id=session_id, turn_id=request.interrupt.turn_id,
+                        turn_cancelled=avatar_pb2.TurnCancelled(reason="interrupted"))
+                elif kind == "message":
+                    turn = request.message.turn_id or "turn"
+                    for event in self._turn(session_id, turn, request.message.text, not sent_init):
+                        yield event
+                    sent_init = True
+        finally:
+            reader.cancel()
+
+    def _count_cancel(self, context) -> None:
+        if context.cancelled():
+            self.cancelled_streams += 1
+
+    def _turn(self, session_id: str, turn: str, text: str, with_init: bool):
+        start = self.positions[session_id]
+        seg = CLOCK_RATE  # one second per segment
+        end = start + seg * self.segments_per_turn
+        def ev(**kw):
+            return avatar_pb2.ConverseResponse(session_id=session_id, turn_id=turn, **kw)
+        yield ev(span=avatar_pb2.MediaSpan(start=start, end=start),
+                 turn_started=avatar_pb2.TurnStarted(user_text=text, from_llm=True))
+        yield ev(span=avatar_pb2.MediaSpan(start=start, end=start),
+                 text_delta=avatar_pb2.TextDelta(text=text))
+        yield ev(span=avatar_pb2.MediaSpan(start=start, end=end),
+                 caption=avatar_pb2.Caption(text=text, sentence=True))
+        if with_init:
+            yield ev(video_init=avatar_pb2.VideoInit(
+                data=b"INIT", mime_type='video/mp4; codecs="avc1.42c01f, mp4a.40.2"',
+                width=64, height=64, fps=25))
+        for i in range(self.segments_per_turn):
+            yield ev(span=avatar_pb2.MediaSpan(start=start + i * seg, end=start + (i + 1) * seg),
+                     video_segment=avatar_pb2.VideoSegment(
+                         data=bytes([i % 256]) * self.segment_bytes, sequence=i, frames=25,
+                         first_frame=i * 25, last_in_turn=i == self.segments_per_turn - 1))
+        self.positions[session_id] = end
+        yield ev(span=avatar_pb2.MediaSpan(start=start, end=end),
+                 turn_completed=avatar_pb2.TurnCompleted(
+                     text=text, frames=25 * self.segments_per_turn,
+                     media_seconds=float(self.segments_per_turn),
+                     timings=avatar_pb2.TurnTimings(first_text_ms=12.5)))
+
+    async def GetAvatarPreview(self, request, context):  # noqa: N802
+        if request.id not in ("", "fake"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar {request.id!r}")
+        return avatar_pb2.AvatarPreview(
+            avatar=avatar_pb2.Avatar(id="fake"), idle_mp4=bytes(range(256)) * 4,
+            poster_jpeg=b"\xff\xd8fake\xff\xd9")
+
+
+@pytest.fixture
+async def fake_service():
+    service = FakeAvatarService()
+    server = grpc.aio.server()
+    avatar_pb2_grpc.add_AvatarServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    service.target = f"127.0.0.1:{port}"
+    yield service
+    await server.stop(0)
+
+
+async def _client(settings: WebSettings) -> TestClient:
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def bridge(fake_service):
+    client = await _client(WebSettings(grpc_target=fake_service.target, heartbeat_s=30))
+    yield client
+    await client.close()
+
+
+async def _receive_json(ws, skip=("welcome",)) -> dict:
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == WSMsgType.TEXT, msg
+        data = json.loads(msg.data)
+        if data["type"] not in skip:
+            return data
+
+
+async def _open_session(client: TestClient, **hello) -> tuple[object, dict]:
+    ws = await client.ws_connect("/ws")
+    welcome = await _receive_json(ws, skip=())
+    assert welcome["type"] == "welcome" and welcome["v"] == 1
+    await ws.send_json({"type": "hello", "v": 1, **hello})
+    session = await _receive_json(ws)
+    assert session["type"] == "session", session
+    return ws, session
+
+
+async def _collect_turn(ws) -> list:
+    """Frames until turn_completed (JSON as dicts, media as (kind, header, payload))."""
+    frames = []
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        if msg.type == WSMsgType.BINARY:
+            frames.append(unpack_media(msg.data))
+            continue
+        data = json.loads(msg.data)
+        frames.append(data)
+        if data["type"] in ("turn_completed", "turn_cancelled"):
+            return frames
+
+
+async def test_a_turn_is_relayed_as_json_and_typed_binary_frames(bridge, fake_service):
+    ws, session = await _open_session(bridge, language="ko-KR")
+    assert session["renderer"] == "fake" and session["llm"] == "fake-llm"
+    assert session["clock_rate"] == CLOCK_RATE and session["resumed"] is False
+    assert session["idle_url"] == "/avatar/fake/idle.mp4"
+    assert fake_service.configs[-1].language == "ko-KR"
+    assert fake_service.configs[-1].output.pcm_audio is False  # the page plays muxed audio
+
+    await ws.send_json({"type": "message", "text": "안녕하세요 hello", "turn_id": "t1"})
+    frames = await _collect_turn(ws)
+    kinds = [f["type"] if isinstance(f, dict) else f[0] for f in frames]
+    assert kinds == ["turn_started", "text", "caption", MediaKind.VIDEO_INIT,
+                     MediaKind.VIDEO_SEGMENT, MediaKind.VIDEO_SEGMENT, MediaKind.VIDEO_SEGMENT,
+                     "turn_completed"]
+    assert frames[1]["text"] == "안녕하세요 hello" and frames[1]["turn_id"] == "t1"
+    assert frames[2] == {"type": "caption", "turn_id": "t1", "text": "안녕하세요 hello",
+                         "sentence": True, "start": 0.0, "end": 3.0}
+    _, init_header, init_payload = frames[3]
+    assert init_payload == b"INIT" and init_header["mime_type"].startswith("video/mp4")
+    _, seg_header, seg_payload = frames[5]
+    assert seg_payload == b"\x01" * 2000
+    assert seg_header["sequence"] == 1 and seg_header["start"] == 1.0 and seg_header["end"] == 2.0
+    assert frames[6][1]["last_in_turn"] is True
+    assert frames[7]["timings"]["first_text_ms"] == 12.5
+    await ws.close()
+
+
+async def test_second_turn_continues_the_media_clock_and_skips_init(bridge):
+    ws, _ = await _open_session(bridge)
+    await ws.send_json({"type": "message", "text": "one"})
+    await _collect_turn(ws)
+    await ws.send_json({"type": "message", "text": "two"})
+    frames = await _collect_turn(ws)
+    media = [f for f in frames if isinstance(f, tuple)]
+    assert [kind for kind, _, _ in media] == [MediaKind.VIDEO_SEGMENT] * 3
+    assert media[0][1]["start"] == 3.0
+    await ws.close()
+
+
+async def test_interrupt_and_ping_are_relayed(bridge):
+    ws, _ = await _open_session(bridge)
+    await ws.send_json({"type": "interrupt", "turn_id": "t9"})
+    cancelled = await _receive_json(ws)
+    assert cancelled == {"type": "turn_cancelled", "turn_id": "t9", "reason": "interrupted",
+                         "stop_ms": 0.0, "start": 0.0, "end": 0.0}
+    await ws.send_json({"type": "ping", "t": 42})
+    assert await _receive_json(ws) == {"type": "pong", "t": 42}
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        ('{"type": "launch"}', "unknown_type"),
+        ('{"type": "message", "text": ""}', "invalid_field"),
+        ('{"type": "message", "text": 5}', "invalid_field"),
+        ('{"type": "message", "text": "hi", "turn_id": "bad id!"}', "invalid_field"),
+        ('{"type": "hello", "v": 1}', "already_started"),
+        ('{"type": "ping", "t": {"a": 1}}', "invalid_field"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_the_connection_survives(bridge, payload, reason):
+    ws, _ = await _open_session(bridge)
+    await ws.send_str(payload)
+    error = await _receive_json(ws)
+    assert error["type"] == "error" and error["source"] == "bridge"
+    assert error["reason"] == reason, error
+    await ws.send_json({"type": "message", "text": "still here"})
+    frames = await _collect_turn(ws)
+    assert frames[-1]["type"] == "turn_completed" and frames[-1]["text"] == "still here"
+    await ws.close()
+
+
+async def test_messages_before_hello_and_binary_messages_are_refused(bridge):
+    ws = await bridge.ws_connect("/ws")
+    await _receive_json(ws, skip=())
+    await ws.send_json({"type": "message", "text": "too early"})
+    assert (await _receive_json(ws))["reason"] == "not_started"
+    await ws.send_bytes(b"\x00\x01")
+    error = await _receive_json(ws)
+    assert error["reason"] == "binary_not_accepted" and error["code_name"] == "INVALID_ARGUMENT"
+    await ws.send_json({"type": "hello", "v": 2})
+    assert (await _receive_json(ws))["reason"] == "unsupported_version"
+    await ws.send_json({"type": "hello", "v": 1, "fps": 1000})
+    assert (await _receive_json(ws))["reason"] == "invalid_field"
+    await ws.send_json({"type": "hello", "v": 1})
+    assert (await _receive_json(ws))["type"] == "session"
+    await ws.close()
+
+
+async def test_oversized_messages_get_an_error_and_huge_frames_close_1009(fake_service):
+    client = await _client(WebSettings(
+        grpc_target=fake_service.target, max_message_bytes=1024, max_frame_bytes=8192))
+    try:
+        ws, _ = await _open_session(client)
+        await ws.send_json({"type": "message", "text": "x" * 2000})
+        error = await _receive_json(ws)
+        assert error["reason"] == "too_large" and error["code_name"] == "RESOURCE_EXHAUSTED"
+        await ws.send_json({"type": "ping", "t": "alive"})
+        assert (await _receive_json(ws))["t"] == "alive"
+        await ws.send_json({"type": "message", "text": "y" * 20000})
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        while msg.type == WSMsgType.TEXT:
+            msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+        assert ws.close_code == 1009
+    finally:
+        await client.close()
+
+
+async def test_foreign_origins_are_refused_and_listed_ones_allowed(fake_service):
+    client = await _client(WebSettings(
+        grpc_target=fake_service.target, allowed_origins="https://app.example"))
+    try:
+        own = f"http://{client.server.host}:{client.server.port}"
+        for origin, status in (("https://evil.example", 403), (own, 101),
+                               ("https://app.example", 101)):
+            response = await client.get("/ws", headers={
+                "Origin": origin, "Connection": "Upgrade", "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()})
+            assert response.status == status, origin
+            response.close()
+    finally:
+        await client.close()
+
+
+async def test_access_token_guards_websocket_and_media(fake_service):
+    client = await _client(WebSettings(grpc_target=fake_service.target, access_token="s3cret"))
+    try:
+        assert (await client.get("/avatar/default/idle.mp4")).status == 401
+        assert (await client.get("/avatar/default/idle.mp4?token=wrong")).status == 401
+        assert (await client.get("/avatar/default/idle.mp4?token=s3cret")).status == 200
+        with pytest.raises(Exception) as refused:
+            await client.ws_connect("/ws")
+        assert "401" in str(refused.value)
+        ws = await client.ws_connect("/ws", headers={"Authorization": "Bearer s3cret"})
+        await _receive_json(ws, skip=())
+        await ws.close()
+        ws = await client.ws_connect("/ws?token=s3cret")
+        await _receive_json(ws, skip=())
+        await ws.close()
+        page = await client.get("/")
+        assert page.status == 200 and "Content-Security-Policy" in page.headers
+    finally:
+        await client.close()
+
+
+async def test_idle_loop_and_poster_are_served_with_ranges(bridge):
+    whole = await bridge.get("/avatar/default/idle.mp4")
+    body = await whole.read()
+    assert whole.status == 200 and whole.content_type == "video/mp4"
+    assert body == bytes(range(256)) * 4
+    part = await bridge.get("/avatar/fake/idle.mp4", headers={"Range": "bytes=10-19"})
+    assert part.status == 206 and await part.read() == bytes(range(10, 20))
+    assert part.headers["Content-Range"] == "bytes 10-19/1024"
+    tail = await bridge.get("/avatar/fake/idle.mp4", headers={"Range": "bytes=-4"})
+    assert await tail.read() == bytes(range(252, 256))
+    assert (await bridge.get("/avatar/fake/idle.mp4", headers={"Range": "bytes=5000-"})).status == 416
+    poster = await bridge.get("/avatar/fake/poster.jpg")
+    assert poster.content_type == "image/jpeg"
+    assert (await bridge.get("/avatar/nobody/idle.mp4")).status == 404
+    assert (await bridge.get("/avatar/bad%20id/idle.mp4")).status == 400
+
+
+async def test_hub_broadcast_reaches_every_open_page(bridge):
+    ws1, _ = await _open_session(bridge)
+    ws2 = await bridge.ws_connect("/ws")
+    await _receive_json(ws2, skip=())
+    hub = bridge.server.app[HUB]
+    assert len(hub) == 2
+    assert hub.broadcast({"type": "video_ready", "id": "v1", "url": "/api/videos/v1"}) == 2
+    for ws in (ws1, ws2):
+        assert await _receive_json(ws) == {"type": "video_ready", "id": "v1", "url": "/api/videos/v1"}
+    with pytest.raises(ValueError):
+        hub.broadcast({"no": "type"})
+    await ws1.close()
+    await ws2.close()
+    await asyncio.sleep(0.05)
+    assert len(hub) == 0
+
+
+async def test_app_exposes_settings_and_channel_keys(bridge):
+    app = bridge.server.app
+    assert isinstance(app[SETTINGS], WebSettings)
+    assert isinstance(app[GRPC_CHANNEL], grpc.aio.Channel)
+
+
+async def test_resume_sends_the_session_id_and_reports_resumed(bridge, fake_service):
+    ws, session = await _open_session(bridge)
+    await ws.send_json({"type": "message", "text": "one"})
+    await _collect_turn(ws)
+    await ws.close()
+    ws, again = await _open_session(bridge, session_id=session["session_id"])
+    assert again["resumed"] is True and again["session_id"] == session["session_id"]
+    assert again["media_position"] == 3.0
+    assert fake_service.configs[-1].session_id == session["session_id"]
+    await ws.close()
+
+
+async def test_unreachable_service_reports_unavailable_and_closes(unused_tcp_port):
+    client = await _client(WebSettings(grpc_target=f"127.0.0.1:{unused_tcp_port}"))
+    try:
+        ws = await client.ws_connect("/ws")
+        await _receive_json(ws, skip=())
+        await ws.send_json({"type": "hello", "v": 1})
+        error = await _receive_json(ws)
+        assert error["type"] == "error" and error["code_name"] == "UNAVAILABLE"
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+        assert ws.close_code == 4000
+    finally:
+        await client.close()
+
+
+async def test_keep_alives_flow_upstream_on_the_heartbeat(fake_service):
+    client = await _client(WebSettings(grpc_target=fake_service.target, heartbeat_s=0.2))
+    try:
+        ws, _ = await _open_session(client)
+        # Keep reading (the client answers the bridge's WebSocket pings only while it reads).
+        for t in range(7):
+            await asyncio.sleep(0.1)
+            await ws.send_json({"type": "ping", "t": t})
+            # keep-alive answers from the service are not relayed: the next frame is our pong
+            assert await _receive_json(ws) == {"type": "pong", "t": t}
+        assert fake_service.keep_alives >= 2
+        await ws.close()
+    finally:
+        await client.close()
+
+
+async def test_the_hello_must_come_in_time():
+    settings = WebSettings(grpc_target="127.0.0.1:1", hello_timeout_s=0.3)
+    client = await _client(settings)
+    try:
+        ws = await client.ws_connect("/ws")
+        await _receive_json(ws, skip=())
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED) and ws.close_code == 4008
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------------ bounded buffers
+async def test_outbox_blocks_then_gives_up_and_offers_drop_when_full():
+    box = Outbox(limit_bytes=100)
+    assert box.offer(b"x" * 60) and not box.offer(b"y" * 60)
+    with pytest.raises(SlowConsumer):
+        await box.put(b"z" * 60, timeout=0.05)
+    waiter = asyncio.create_task(box.put(b"z" * 60, timeout=1))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    assert await box.get() == b"x" * 60
+    await asyncio.wait_for(waiter, 1)
+    assert box.queued_bytes == 60
+    big = Outbox(limit_bytes=10)
+    assert big.offer(b"q" * 50)  # one oversized frame passes when the queue is empty
+    big.close()
+    assert await big.get() == b"q" * 50 and await big.get() is None
+
+
+def _raw_websocket(host: str, port: int) -> socket.socket:
+    """A WebSocket client that never reads after the handshake: the slowest browser there is."""
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response
+    for text in ('{"type":"hello","v":1}', '{"type":"message","text":"flood"}'):
+        payload = text.encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+    return sock
+
+
+async def test_a_stalled_browser_is_dropped_without_hurting_other_sessions(fake_service):
+    fake_service.segment_bytes = 256 * 1024
+    fake_service.segments_per_turn = 64  # 16 MiB per turn, far more than socket buffers hold
+    client = await _client(WebSettings(
+        grpc_target=fake_service.target, send_buffer_bytes=64 * 1024, send_stall_timeout_s=0.5))
+    try:
+        stalled = await asyncio.to_thread(_raw_websocket, client.server.host, client.server.port)
+        hub = client.server.app[HUB]
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if fake_service.cancelled_streams:
+                break
+        assert fake_service.cancelled_streams == 1, "the stalled stream should be cancelled"
+        assert len(hub) == 0  # the bridge closed its side
+        # A healthy page still gets its whole turn afterwards.
+        fake_service.segments_per_turn = 4
+        ws, _ = await _open_session(client)
+        await ws.send_json({"type": "message", "text": "fine"})
+        frames = await _collect_turn(ws)
+        assert frames[-1]["type"] == "turn_completed"
+        await ws.close()
+        stalled.close()
+    finally:
+        await client.close()

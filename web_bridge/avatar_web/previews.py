@@ -1,0 +1,37 @@
+"""Avatar idle loops and posters fetched once over gRPC and kept in a small LRU cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+import grpc.aio
+from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+
+
+class PreviewCache:
+    """GetAvatarPreview results by avatar id ("" is the server's default avatar)."""
+
+    def __init__(self, channel: grpc.aio.Channel, entries: int, timeout_s: float = 30.0) -> None:
+        self._stub = avatar_pb2_grpc.AvatarServiceStub(channel)
+        self._entries = entries
+        self._timeout = timeout_s
+        self._cache: OrderedDict[str, avatar_pb2.AvatarPreview] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def get(self, avatar_id: str) -> avatar_pb2.AvatarPreview:
+        """The preview, from the cache or the service (raises grpc.aio.AioRpcError)."""
+        if (hit := self._cache.get(avatar_id)) is not None:
+            self._cache.move_to_end(avatar_id)
+            return hit
+        async with self._lock:  # one fetch at a time: previews are a few hundred kB
+            if (hit := self._cache.get(avatar_id)) is not None:
+                return hit
+            preview = await self._stub.GetAvatarPreview(
+                avatar_pb2.GetAvatarPreviewRequest(id=avatar_id), timeout=self._timeout
+            )
+            if self._entries:
+                self._cache[avatar_id] = preview
+                while len(self._cache) > self._entries:
+                    self._cache.popitem(last=False)
+            return preview

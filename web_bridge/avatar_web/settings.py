@@ -1,0 +1,74 @@
+"""The bridge's settings in one typed object, read from AVATAR_WEB_* env vars and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class WebSettings(BaseSettings):
+    """Bridge settings. Every field is settable as AVATAR_WEB_<FIELD NAME> (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AVATAR_WEB_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    host: str = Field("0.0.0.0", description="HTTP listen address")
+    port: int = Field(7135, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    grpc_target: str = Field("127.0.0.1:50051", description="avatar-server gRPC address host:port")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to open WebSockets (comma-separated; empty = same origin "
+        "only; '*' = any)",
+    )
+    access_token: SecretStr | None = Field(
+        None, description="If set, WebSockets and media need ?token=<this> or a Bearer header"
+    )
+    max_message_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest accepted client message; bigger ones get an error"
+    )
+    max_frame_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Hard cap on one WebSocket frame; bigger ones close the connection (1009)",
+    )
+    send_buffer_bytes: int = Field(
+        8 * 1024 * 1024, ge=64 * 1024, description="Bytes queued for one browser before backpressure"
+    )
+    send_stall_timeout_s: float = Field(
+        20.0, gt=0, description="Seconds a full send buffer may block before the connection drops"
+    )
+    heartbeat_s: float = Field(30.0, gt=0, description="WebSocket ping interval (s)")
+    hello_timeout_s: float = Field(15.0, gt=0, description="Seconds allowed before the hello")
+    grpc_max_message_bytes: int = Field(
+        32 * 1024 * 1024, description="Largest gRPC message accepted from the service"
+    )
+    preview_cache_entries: int = Field(16, ge=0, description="Avatar previews kept in memory")
+    log_level: str = Field("INFO", description="Logging level")
+
+    # --- REST API (owner: REST helper) -------------------------------------------
+    videos_dir: Path = Field(Path("data/videos"), description="Where finished REST reply MP4s are kept")
+    videos_max_bytes: int = Field(
+        1024 * 1024 * 1024, ge=0, description="Most bytes of reply videos kept (0 = no limit)"
+    )
+    videos_max_age_s: float = Field(
+        3600.0, ge=0, description="Seconds a reply video is kept (0 = no limit)"
+    )
+    videos_max_count: int = Field(500, ge=0, description="Most reply videos kept (0 = no limit)")
+    rest_turn_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a REST chat/speak call waits for its turn to finish (s)"
+    )
+    rest_max_body_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest accepted REST request body (bytes)"
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept 'a,b' from the environment as well as a list."""
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,387 @@
+// The player page: chat, streamed video with captions in step with speech, idle loop, metrics.
+
+import { Connection } from "./connection.js";
+import { MseSink } from "./mse.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const SESSION_KEY = "avatar.session_id";
+const SEEK_TOLERANCE_S = 0.25;
+
+const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
+const wsUrl = withToken(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+
+const ui = {
+  screen: $("screen"), idle: $("idle"), live: $("live"), conn: $("conn"), unmute: $("unmute"),
+  caption: $("caption"), log: $("log"), composer: $("composer"), input: $("input"),
+  send: $("send"), stop: $("stop"), serverTimings: $("server-timings"),
+};
+
+/** Everything the page knows; exposed as window.avatarPlayer for debugging and tests. */
+const state = {
+  connected: false,
+  session: null,
+  sessionsStarted: 0,
+  segmentsReceived: 0,
+  turn: null, // the turn being received or played: {id, start, end, done, cancelled, ...}
+  speaking: false,
+  captions: [],
+  lastMetrics: null,
+  errors: [],
+  finishedTurns: new Set(),
+  fps: 0,
+  framesPresented: 0,
+};
+const sink = new MseSink(ui.live);
+window.avatarPlayer = { state, sink };
+
+// ---------------------------------------------------------------- connection
+const connection = new Connection(wsUrl, () => ({
+  session_id: sessionStorage.getItem(SESSION_KEY) || "",
+  avatar: params.get("avatar") || "",
+  voice: params.get("voice") || "",
+  language: params.get("lang") || "",
+}));
+
+connection.addEventListener("open", () => setConn("open", "connected"));
+connection.addEventListener("close", (event) => {
+  state.connected = false;
+  setConn("closed", `reconnecting in ${Math.round(event.detail.retryInMs / 1000)} s…`);
+  if (state.turn && !state.turn.done) {
+    endTurn(state.turn, "cancelled");
+    stopSpeaking();
+  }
+  updateButtons();
+});
+connection.addEventListener("message", (event) => onMessage(event.detail));
+connection.addEventListener("media", (event) => onMedia(event.detail));
+
+function setConn(kind, text) {
+  ui.conn.dataset.state = kind;
+  ui.conn.textContent = text;
+}
+
+function onMessage(m) {
+  switch (m.type) {
+    case "session": return onSession(m);
+    case "turn_started": return onTurnStarted(m);
+    case "text": return onText(m);
+    case "caption": return onCaption(m);
+    case "turn_completed": return onTurnCompleted(m);
+    case "turn_cancelled": return onTurnCancelled(m);
+    case "error": return onError(m);
+    case "video_ready": return addNotice(`Video ready: ${m.url || m.id || ""}`, m.url);
+    default: return undefined;
+  }
+}
+
+function onSession(m) {
+  const first = state.session === null;
+  const resumed = m.resumed && !first && state.session.session_id === m.session_id;
+  state.session = m;
+  state.sessionsStarted += 1;
+  state.connected = true;
+  sessionStorage.setItem(SESSION_KEY, m.session_id);
+  if (!resumed) {
+    sink.reset();
+    state.captions = [];
+    state.turn = null;
+    ui.caption.textContent = "";
+    if (!first) addNotice("New session started.");
+  } else {
+    addNotice("Reconnected; session resumed.");
+  }
+  $("fact-renderer").textContent = m.renderer || "–";
+  $("fact-voice").textContent = m.voice || "–";
+  $("fact-llm").textContent = m.llm || "–";
+  if (m.width && m.height) ui.screen.style.setProperty("--aspect", `${m.width} / ${m.height}`);
+  document.documentElement.lang = (m.language || "en").split("-")[0];
+  const idleUrl = withToken(m.idle_url);
+  if (ui.idle.dataset.src !== idleUrl) {
+    ui.idle.dataset.src = idleUrl;
+    ui.idle.poster = withToken(m.poster_url);
+    ui.idle.src = idleUrl;
+    ui.idle.play().catch(() => {});
+  }
+  setConn("open", `connected · ${m.avatar.display_name || m.avatar.id || "avatar"}`);
+  updateButtons();
+}
+
+// ---------------------------------------------------------------- turns and chat
+function newTurn(id, userText) {
+  return {
+    id, userText, sentAt: performance.now(), start: null, end: null, done: false,
+    cancelled: false, firstText: null, firstSegment: null, playing: null, segments: 0,
+    text: "", bubble: null, started: false,
+  };
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = ui.input.value.trim();
+  if (!text || !connection.isOpen || !state.session) return;
+  const id = `t${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+  if (state.turn && !state.turn.done) {
+    endTurn(state.turn, "cancelled");
+    stopSpeaking();
+  }
+  state.turn = newTurn(id, text);
+  addBubble("user", text);
+  connection.sendJson({ type: "message", text, turn_id: id });
+  ui.input.value = "";
+  unlockAudio();
+  updateButtons();
+});
+ui.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+ui.stop.addEventListener("click", () => {
+  const turn = state.turn;
+  if (!turn || turn.done) return;
+  connection.sendJson({ type: "interrupt", turn_id: turn.id });
+  endTurn(turn, "cancelled");
+  stopSpeaking();
+});
+ui.unmute.addEventListener("click", () => {
+  ui.live.muted = false;
+  ui.unmute.hidden = true;
+});
+
+function turnFor(id) {
+  if (state.turn && state.turn.id === id) return state.turn;
+  if (!id || state.finishedTurns.has(id)) return null;
+  // A turn the page did not start (e.g. server-made id): follow it from here on.
+  if (!state.turn || state.turn.done) {
+    state.turn = newTurn(id, "");
+    return state.turn;
+  }
+  return null;
+}
+
+function onTurnStarted(m) {
+  const turn = turnFor(m.turn_id);
+  if (!turn) return;
+  turn.start = m.start;
+  turn.started = true;
+  updateButtons();
+}
+
+function onText(m) {
+  const turn = turnFor(m.turn_id);
+  if (!turn || turn.cancelled) return;
+  if (turn.firstText === null) turn.firstText = performance.now() - turn.sentAt;
+  if (turn.start === null) turn.start = m.start;
+  if (!turn.bubble) turn.bubble = addBubble("avatar", "");
+  turn.text += m.text;
+  turn.bubble.textContent = turn.text;
+  scrollLog();
+  showMetrics(turn);
+}
+
+function onCaption(m) {
+  const turn = turnFor(m.turn_id);
+  if (!turn || turn.cancelled) return;
+  state.captions.push({ turn: m.turn_id, text: m.text, sentence: m.sentence, start: m.start, end: m.end });
+  if (state.captions.length > 200) state.captions.splice(0, state.captions.length - 200);
+}
+
+function onTurnCompleted(m) {
+  const turn = state.turn && state.turn.id === m.turn_id ? state.turn : null;
+  if (!turn) return;
+  turn.completed = m;
+  if (m.end > 0) turn.end = m.end;
+  if (turn.bubble && m.text) turn.bubble.textContent = m.text;
+  else if (!turn.bubble && m.text) turn.bubble = addBubble("avatar", m.text);
+  const t = m.timings;
+  ui.serverTimings.textContent = `server: text ${fmt(t.first_text_ms)} · audio ${fmt(t.first_audio_ms)}`
+    + ` · video ${fmt(t.first_segment_ms)} · ${m.media_seconds.toFixed(2)} s speech`
+    + ` · RTF ${m.realtime_factor.toFixed(2)}`;
+  if (turn.segments === 0) endTurn(turn, "done"); // text-only reply: nothing to play
+}
+
+function onTurnCancelled(m) {
+  const turn = state.turn && state.turn.id === m.turn_id ? state.turn : null;
+  if (!turn) return;
+  endTurn(turn, "cancelled");
+  stopSpeaking();
+}
+
+function onError(m) {
+  state.errors.push(m);
+  addBubble("error", `${m.source === "bridge" ? "Bridge" : "Service"}: ${m.message} (${m.code_name || m.code})`);
+  const turn = state.turn;
+  if (turn && !turn.done && (m.turn_id === turn.id || (!turn.started && m.source === "service"))) {
+    endTurn(turn, "cancelled");
+    stopSpeaking();
+  }
+}
+
+function endTurn(turn, how) {
+  if (turn.done) return;
+  turn.done = true;
+  state.finishedTurns.add(turn.id);
+  turn.cancelled = how === "cancelled";
+  if (turn.bubble) turn.bubble.dataset.state = how;
+  updateButtons();
+}
+
+function updateButtons() {
+  const busy = Boolean(state.turn && !state.turn.done);
+  ui.stop.disabled = !busy || !connection.isOpen;
+  ui.send.disabled = !connection.isOpen || !state.session;
+}
+
+// ---------------------------------------------------------------- media
+function onMedia({ kind, header, payload }) {
+  if (kind === "video_init") {
+    if (!MseSink.supported(header.mime_type)) {
+      onError({ source: "bridge", message: `this browser cannot play ${header.mime_type}`, code_name: "UNSUPPORTED" });
+      return;
+    }
+    sink.appendInit(header.mime_type, payload).catch((error) => state.errors.push(String(error)));
+    return;
+  }
+  if (kind !== "video_segment") return;
+  state.segmentsReceived += 1;
+  const turn = turnFor(header.turn_id);
+  const appended = sink.appendSegment(payload);
+  appended.catch((error) => state.errors.push(String(error)));
+  if (!turn || turn.cancelled) return;
+  turn.segments += 1;
+  if (turn.firstSegment === null) {
+    turn.firstSegment = performance.now() - turn.sentAt;
+    if (turn.start === null) turn.start = header.start;
+    appended.then(() => startSpeaking(turn)).catch(() => {});
+  }
+  if (header.last_in_turn && header.end > 0) turn.end = Math.max(turn.end ?? 0, header.end);
+  showMetrics(turn);
+}
+
+/** Plays the turn from its first frame, fading from the idle loop. */
+function startSpeaking(turn) {
+  if (turn !== state.turn || turn.cancelled) return;
+  const live = ui.live;
+  if (turn.start !== null && Math.abs(live.currentTime - turn.start) > SEEK_TOLERANCE_S) {
+    live.currentTime = turn.start;
+  }
+  state.speaking = true;
+  const played = live.play();
+  played?.catch((error) => {
+    if (error.name !== "NotAllowedError") return;
+    live.muted = true; // autoplay policy: play muted and offer sound
+    ui.unmute.hidden = false;
+    live.play().catch(() => {});
+  });
+  ui.screen.dataset.speaking = "true";
+}
+
+function stopSpeaking() {
+  state.speaking = false;
+  ui.screen.dataset.speaking = "false";
+  ui.live.pause();
+  ui.caption.textContent = "";
+}
+
+function unlockAudio() {
+  // A user gesture: let the live element play with sound later.
+  if (ui.live.muted && ui.unmute.hidden) ui.live.muted = false;
+}
+
+ui.live.addEventListener("playing", () => {
+  const turn = state.turn;
+  if (turn && state.speaking && turn.playing === null) {
+    turn.playing = performance.now() - turn.sentAt;
+    showMetrics(turn);
+  }
+});
+
+/** Captions, end of speech and the frame-rate meter follow the video's own clock. */
+function tick() {
+  const t = ui.live.currentTime;
+  const turn = state.turn;
+  if (state.speaking) {
+    const caption = findCaption(t);
+    const text = caption ? caption.text : "";
+    if (ui.caption.textContent !== text) ui.caption.textContent = text;
+    const fps = state.session?.fps || 25;
+    const end = turn?.end ?? (turn?.completed ? sink.bufferedEnd(t) : null);
+    if (turn && end !== null && (turn.done || turn.completed) && t >= end - 0.5 / fps) {
+      endTurn(turn, turn.cancelled ? "cancelled" : "done");
+      stopSpeaking();
+    }
+  }
+  requestAnimationFrame(tick);
+}
+
+function findCaption(t) {
+  let word = null;
+  for (const c of state.captions) {
+    if (t >= c.start && t < c.end) {
+      if (c.sentence) return c;
+      word = word || c;
+    }
+  }
+  return word;
+}
+
+function meterFrames() {
+  if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+  let windowStart = performance.now();
+  let frames = 0;
+  const onFrame = (now) => {
+    frames += 1;
+    state.framesPresented += 1;
+    if (now - windowStart >= 1000) {
+      state.fps = (frames * 1000) / (now - windowStart);
+      $("m-fps").textContent = state.fps.toFixed(1);
+      windowStart = now;
+      frames = 0;
+    }
+    ui.live.requestVideoFrameCallback(onFrame);
+  };
+  ui.live.requestVideoFrameCallback(onFrame);
+}
+
+function showMetrics(turn) {
+  state.lastMetrics = { text_ms: turn.firstText, video_ms: turn.firstSegment, audio_ms: turn.playing };
+  $("m-text").textContent = fmt(turn.firstText);
+  $("m-video").textContent = fmt(turn.firstSegment);
+  $("m-audio").textContent = fmt(turn.playing);
+}
+
+const fmt = (ms) => (ms === null || ms === undefined || ms === 0 ? "–" : ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`);
+
+// ---------------------------------------------------------------- chat log
+function addBubble(kind, text) {
+  const li = document.createElement("li");
+  li.className = kind;
+  li.textContent = text;
+  if (state.session?.language) li.lang = state.session.language;
+  ui.log.append(li);
+  scrollLog();
+  return li;
+}
+
+function addNotice(text, href) {
+  const li = addBubble("notice", href ? "" : text);
+  if (href) {
+    const link = document.createElement("a");
+    link.href = withToken(href);
+    link.textContent = text;
+    li.append(link);
+  }
+}
+
+function scrollLog() {
+  ui.log.scrollTop = ui.log.scrollHeight;
+}
+
+// ---------------------------------------------------------------- start
+updateButtons();
+requestAnimationFrame(tick);
+meterFrames();
+connection.connect();
