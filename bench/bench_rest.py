@@ -1,4 +1,4 @@
-"""REST path benchmark: seconds from POST /api/chat to its answer, and video seconds per wall second.
+"""REST path benchmark: seconds from POST /api/chat to its answer, video seconds per wall second.
 
 Starts `avatar-server` (embedded defaults) and `avatar-web` as subprocesses on free loopback
 ports and sends sequential chat turns over real HTTP, each answered once its MP4 is published:
@@ -51,8 +51,14 @@ async def wait_healthy(url: str, timeout: float = 60.0) -> None:
 
 async def drive(url: str, turns: int, path: str) -> dict[str, list[float]]:
     """One warm-up turn, then `turns` timed ones on one session; every MP4 is fetched once."""
-    results: dict[str, list[float]] = {"wall_s": [], "video_s": [], "video_per_wall": [],
-                                       "remux_ms": [], "service_total_ms": [], "bytes": []}
+    results: dict[str, list[float]] = {
+        "wall_s": [],
+        "video_s": [],
+        "video_per_wall": [],
+        "remux_ms": [],
+        "service_total_ms": [],
+        "bytes": [],
+    }
     session = ""
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(url, timeout=timeout) as http:
@@ -84,9 +90,17 @@ async def run(turns: int, path: str, work: Path) -> dict[str, list[float]]:
     port = free_port()
     env = dict(os.environ, AVATAR_WEB_HOST="127.0.0.1", AVATAR_WEB_VIDEOS_DIR=str(work / "videos"))
     bridge = subprocess.Popen(
-        [str(Path(sys.executable).parent / "avatar-web"), "--port", str(port), "--grpc",
-         service.target, "--log-level", "WARNING"],
-        env=env, cwd=REPO,
+        [
+            str(Path(sys.executable).parent / "avatar-web"),
+            "--port",
+            str(port),
+            "--grpc",
+            service.target,
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -98,8 +112,10 @@ async def run(turns: int, path: str, work: Path) -> dict[str, list[float]]:
 
 
 def _line(name: str, values: list[float], unit: str, digits: int = 2) -> str:
-    return f"  {name:<34} median {statistics.median(values):.{digits}f} {unit} " \
-           f"(min {min(values):.{digits}f}, max {max(values):.{digits}f})"
+    return (
+        f"  {name:<34} median {statistics.median(values):.{digits}f} {unit} "
+        f"(min {min(values):.{digits}f}, max {max(values):.{digits}f})"
+    )
 
 
 def main() -> None:
@@ -110,20 +126,33 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as work:
         results = asyncio.run(run(args.turns, args.path, Path(work)))
-    print(f"REST {args.path}: {args.turns} sequential turns on one session, "
-          f"{platform.node()} ({os.cpu_count()} CPUs), embedded defaults")
+    print(
+        f"REST {args.path}: {args.turns} sequential turns on one session, "
+        f"{platform.node()} ({os.cpu_count()} CPUs), embedded defaults"
+    )
     print(_line("POST -> response", results["wall_s"], "s"))
     print(_line("video seconds per wall second", results["video_per_wall"], "x"))
     print(_line("video length", results["video_s"], "s"))
     print(_line("bridge remux", results["remux_ms"], "ms", 1))
     print(_line("service turn total (TurnCompleted)", results["service_total_ms"], "ms", 0))
     total_video, total_wall = sum(results["video_s"]), sum(results["wall_s"])
-    print(f"  overall: {total_video:.1f} s of video in {total_wall:.1f} s of wall time "
-          f"({total_video / total_wall:.2f}x)")
+    print(
+        f"  overall: {total_video:.1f} s of video in {total_wall:.1f} s of wall time "
+        f"({total_video / total_wall:.2f}x)"
+    )
     if args.json:
         summary = {key: statistics.median(values) for key, values in results.items()}
-        print(json.dumps({"bench": "rest", "path": args.path, "turns": args.turns,
-                          "median": summary, "raw": results}))
+        print(
+            json.dumps(
+                {
+                    "bench": "rest",
+                    "path": args.path,
+                    "turns": args.turns,
+                    "median": summary,
+                    "raw": results,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

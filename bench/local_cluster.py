@@ -188,6 +188,12 @@ class ServerInstance:
         return f"127.0.0.1:{self.port}"
 
     def start(self, *, wait_s: float = 120.0) -> ServerInstance:
+        self.start_process()
+        self.wait_ready(timeout_s=wait_s)
+        return self
+
+    def start_process(self) -> None:
+        """Starts the process without waiting, so several instances load their models at once."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "AVATAR_INSTANCE_ID": self.instance_id}
         command = [str(Path(sys.executable).with_name("avatar-server")), "--port", str(self.port)]
@@ -197,8 +203,14 @@ class ServerInstance:
             command, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for_port(self.port, timeout_s=wait_s, process=self.process)
-        return self
+
+    def wait_ready(self, *, timeout_s: float) -> None:
+        """Waits for the gRPC port (the server opens it only once its models are loaded)."""
+        assert self.process is not None
+        try:
+            wait_for_port(self.port, timeout_s=timeout_s, process=self.process)
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{self.instance_id} did not start: {error}\n{self.log()[-3000:]}") from error
 
     def signal(self, signum: int) -> None:
         """Sends SIGTERM (drain) or SIGKILL (crash) to the instance's process only."""

@@ -1,4 +1,4 @@
-"""Local FAKE stand-ins of the real provider protocols, for tests: OpenAI chat SSE and Google TTS gRPC.
+"""Local FAKE stand-ins of the real provider protocols for tests: OpenAI chat SSE, Google TTS gRPC.
 
 They speak the real wire protocols (so the real `openai` and
 `google-cloud-texttospeech` clients talk to them unchanged) but contain no
@@ -11,7 +11,8 @@ server's `scenario` attribute applies (default "ok"). Scenarios:
 
   ok                  a normal reply
   slow-first-token    headers, then no text for `slow_s` seconds
-  error-mid-stream    some text, then an error (an SSE error event / gRPC INTERNAL)
+  error-mid-stream    some text, then an error (an SSE error event / gRPC INTERNAL on
+                      StreamingSynthesize, i.e. Chirp 3 HD voices)
   drop-mid-stream     some text, then the connection is cut (LLM only)
   stall-mid-stream    some text, then nothing for `slow_s` seconds (LLM only)
   malformed-json      an SSE data line that is not JSON (LLM)
@@ -23,16 +24,18 @@ server's `scenario` attribute applies (default "ok"). Scenarios:
   echo-auth           (LLM) a 401 whose body repeats the Authorization header
 
 Use them as context managers or through the pytest fixtures at the bottom
-(`fake_openai_server`, `fake_google_tts_server`).
+(`fake_openai_server`, `fake_google_tts_server`; `pytest_plugins = ["provider_servers"]`
+in tests/conftest.py makes them available everywhere). `python tests/provider_servers.py`
+runs both until interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import socket
-import struct
 import threading
 import time
 import wave
@@ -46,7 +49,7 @@ import grpc
 import numpy as np
 import pytest
 
-_SCENARIO = re.compile(r"\[\[fake:([a-z0-9-]+)\]\]")
+_SCENARIO = re.compile(r"\[\[fake:([a-z0-9-]+)\]\]", re.IGNORECASE)
 
 
 def pick_scenario(text: str, default: str) -> tuple[str, str]:
@@ -54,7 +57,7 @@ def pick_scenario(text: str, default: str) -> tuple[str, str]:
     match = _SCENARIO.search(text)
     if not match:
         return default, text
-    return match.group(1), " ".join(_SCENARIO.sub(" ", text).split())
+    return match.group(1).lower(), " ".join(_SCENARIO.sub(" ", text).split())
 
 
 def free_port() -> int:
@@ -194,6 +197,11 @@ class FakeOpenAIServer:
                 ensure_ascii=False,
             )
 
+        def send_word(word: str) -> None:
+            send(chunk({"content": word}))
+            if self.token_delay_s:
+                time.sleep(self.token_delay_s)
+
         words = re.findall(r"\S+\s*", f"Echo: {said}")
         try:
             send(chunk({"role": "assistant", "content": ""}))
@@ -203,20 +211,22 @@ class FakeOpenAIServer:
                 send("{this is not json")
             elif scenario == "malformed-chunk":
                 send(json.dumps({"choices": "not a list"}))
-            for index, word in enumerate(words):
-                if index == 2 and scenario == "error-mid-stream":
-                    send(json.dumps({"error": {"message": "fake failure mid-stream"}}))
-                    break
-                if index == 2 and scenario == "stall-mid-stream":
-                    self._stopping.wait(self.slow_s)
-                if index == 2 and scenario == "drop-mid-stream":
-                    handler.wfile.flush()
-                    handler.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                send(chunk({"content": word}))
-                if self.token_delay_s:
-                    time.sleep(self.token_delay_s)
+            # mid-stream faults strike after some words and before the last one
+            mid_stream = scenario in ("error-mid-stream", "stall-mid-stream", "drop-mid-stream")
+            fail_at = min(2, len(words) - 1) if mid_stream else len(words)
+            for word in words[:fail_at]:
+                send_word(word)
+            if scenario == "drop-mid-stream":
+                handler.wfile.flush()
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if scenario == "error-mid-stream":
+                send(json.dumps({"error": {"message": "fake failure mid-stream"}}))
             else:
+                if scenario == "stall-mid-stream":
+                    self._stopping.wait(self.slow_s)
+                for word in words[fail_at:]:
+                    send_word(word)
                 send(chunk({}, finish="stop"))
             send("[DONE]")
             handler.wfile.write(b"0\r\n\r\n")
@@ -377,18 +387,14 @@ class FakeGoogleTTSServer:
                 yield b"\x0a\xff\xff\xff"
                 return
             pcm = fake_speech(text, rate).tobytes()
-            pieces = [pcm[i : i + 9600] for i in range(0, len(pcm), 9600)]
+            step = max(2, min(9600, len(pcm) // 4 * 2))  # at least two pieces, whole samples
+            pieces = [pcm[i : i + step] for i in range(0, len(pcm), step)]
             for index, piece in enumerate(pieces):
                 if index == 1 and scenario == "error-mid-stream":
                     context.abort(grpc.StatusCode.INTERNAL, "fake failure mid-stream")
                 if scenario == "malformed-audio" and index == len(pieces) - 1:
                     piece = piece[:-1]
                 yield self._tts.StreamingSynthesizeResponse(audio_content=piece)
-
-
-def wav_header_size() -> int:
-    """Bytes in the RIFF header `_wav_bytes` writes (for tests that check stripping)."""
-    return len(_wav_bytes(np.zeros(0, np.int16), 16000))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -408,6 +414,22 @@ def fake_google_tts_server() -> Iterator[FakeGoogleTTSServer]:
         yield server
 
 
+def main() -> None:
+    """Runs both fakes until interrupted, printing the settings that point the service at them."""
+    with FakeOpenAIServer() as llm, FakeGoogleTTSServer() as tts:
+        print(
+            f"AVATAR_LLM=openai AVATAR_OPENAI_BASE_URL={llm.url} AVATAR_OPENAI_API_KEY=fake",
+            flush=True,
+        )
+        print(f"AVATAR_TTS=google AVATAR_GOOGLE_TTS_ENDPOINT={tts.endpoint}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
+
+
 __all__ = [
     "FAKE_GOOGLE_VOICES",
     "FakeGoogleTTSServer",
@@ -417,5 +439,4 @@ __all__ = [
     "fake_speech",
     "free_port",
     "pick_scenario",
-    "struct",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avatar_server.errors import EncodeError
-from avatar_server.media import encode_clip, resample
+from avatar_server.media import StreamResampler, encode_clip, resample
 from avatar_server.renderers.base import Frame
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -99,6 +99,37 @@ def test_resample_refuses_bad_input() -> None:
         resample(np.zeros((10, 2), np.int16), 24000, 16000)
     with pytest.raises(EncodeError):
         resample(np.zeros(10, np.int32), 24000, 16000)
+
+
+@pytest.mark.parametrize("from_rate, to_rate", [(24000, 16000), (22050, 16000), (16000, 48000), (16000, 16000)])
+def test_stream_resampler_matches_the_whole_clip_whatever_the_chunks(from_rate: int, to_rate: int) -> None:
+    rng = np.random.default_rng(from_rate + to_rate)
+    source = (rng.standard_normal(9001) * 6000).clip(-32768, 32767).astype(np.int16)
+    stream = StreamResampler(from_rate, to_rate)
+    pieces, position = [], 0
+    while position < len(source):
+        size = int(rng.integers(0, 700))
+        pieces.append(stream.push(source[position : position + size]))
+        position = min(position + size, len(source))
+        # Output keeps up with input, but for the filter's short look-ahead (< 2 ms at these rates).
+        assert sum(map(len, pieces)) >= position * to_rate / from_rate - 0.002 * to_rate
+    pieces.append(stream.flush())
+    streamed = np.concatenate(pieces)
+    whole = resample(source, from_rate, to_rate)
+    assert streamed.dtype == np.int16 and len(streamed) == len(whole) == -(-len(source) * to_rate // from_rate)
+    assert np.abs(streamed.astype(int) - whole).max() <= 1
+
+
+def test_stream_resampler_refuses_mixed_types_and_pushes_after_flush() -> None:
+    stream = StreamResampler(24000, 16000)
+    stream.push(np.zeros(10, np.float32))
+    with pytest.raises(EncodeError):
+        stream.push(np.zeros(10, np.int16))
+    assert len(stream.flush()) == 7
+    with pytest.raises(EncodeError):
+        stream.push(np.zeros(10, np.float32))
+    with pytest.raises(EncodeError):
+        StreamResampler(0, 16000)
 
 
 @pytest.mark.skipif(not (SHARED / "fixtures" / "ditto_example_speech_24k.wav").exists(), reason="no shared fixtures")

@@ -1,23 +1,32 @@
-"""The language-model providers: the offline echo model and the OpenAI client against a local fake server."""
+"""The language models: the offline echo model, and the OpenAI client against a local fake."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
-from provider_servers import FakeOpenAIServer, fake_openai_server, free_port  # noqa: F401
-
 from avatar_server.errors import AvatarError, ProviderError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.llm.echo import EchoLanguageModel, compose_echo_reply
 from avatar_server.providers.llm.openai_llm import OpenAILanguageModel
 from avatar_server.settings import Settings
+from provider_servers import FakeOpenAIServer, free_port
+
+
+@pytest.fixture
+def fake_openai_server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(slow_s=5.0) as server:
+        yield server
+
 
 API_KEY = "sk-test-4f9a8b7c6d5e"
 
 
 async def collect(model, text: str, language: str = "en-US") -> list[str]:
-    return [delta async for delta in model.stream_reply([ChatMessage("user", text)], language=language)]
+    return [
+        delta async for delta in model.stream_reply([ChatMessage("user", text)], language=language)
+    ]
 
 
 async def collect_until_error(model, text: str) -> tuple[list[str], ProviderError]:
@@ -80,7 +89,9 @@ async def test_echo_spaces_tokens_by_the_configured_delay() -> None:
 # --------------------------------------------------------------------------- OpenAI-compatible
 
 
-async def test_openai_streams_english_and_korean_intact(fake_openai_server: FakeOpenAIServer) -> None:
+async def test_openai_streams_english_and_korean_intact(
+    fake_openai_server: FakeOpenAIServer,
+) -> None:
     model = openai_model(fake_openai_server.url, openai_temperature=0.3, openai_max_tokens=77)
     try:
         english = await collect(model, "Hello there, how are you?")
@@ -155,7 +166,9 @@ async def test_openai_malformed_reply_is_internal(
     assert len(fake_openai_server.requests) == 1  # not worth retrying
 
 
-async def test_openai_retries_503_before_the_first_token(fake_openai_server: FakeOpenAIServer) -> None:
+async def test_openai_retries_503_before_the_first_token(
+    fake_openai_server: FakeOpenAIServer,
+) -> None:
     model = openai_model(fake_openai_server.url, openai_max_retries=2)
     deltas = await collect(model, "[[fake:flaky-503-2]] back again")
     await model.aclose()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-from provider_servers import FakeGoogleTTSServer, FakeOpenAIServer, fake_google_tts_server, fake_openai_server  # noqa: F401
+from collections.abc import Iterator
 
+import pytest
 from avatar_server.errors import AvatarError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.llm.echo import EchoLanguageModel
@@ -13,6 +13,19 @@ from avatar_server.providers.registry import create_language_model, create_speec
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
 from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
 from avatar_server.settings import Settings
+from provider_servers import FakeGoogleTTSServer, FakeOpenAIServer
+
+
+@pytest.fixture
+def fake_openai_server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_google_tts_server() -> Iterator[FakeGoogleTTSServer]:
+    with FakeGoogleTTSServer() as server:
+        yield server
 
 
 async def test_defaults_are_the_offline_providers() -> None:
@@ -21,7 +34,9 @@ async def test_defaults_are_the_offline_providers() -> None:
     synthesizer = create_speech_synthesizer(settings)
     assert isinstance(model, EchoLanguageModel) and model.name == "echo"
     assert isinstance(synthesizer, EspeakSynthesizer) and synthesizer.name == "espeak"
-    reply = "".join([d async for d in model.stream_reply([ChatMessage("user", "hi")], language="en")])
+    reply = "".join(
+        [d async for d in model.stream_reply([ChatMessage("user", "hi")], language="en")]
+    )
     audio = [a async for a in synthesizer.synthesize(reply, voice="espeak-en-us", language="en")]
     assert audio and audio[0].pcm.size > 0
 

@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from avatar_server.errors import NotFound
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
@@ -73,7 +72,7 @@ async def test_rate_setting_changes_the_pace() -> None:
 async def test_concurrent_requests_share_one_engine_safely() -> None:
     texts = [("Number one is here.", "espeak-en-us"), ("둘째 문장입니다 정말로.", "espeak-ko")] * 4
     results = await asyncio.gather(*(speak(text, voice) for text, voice in texts))
-    for (text, _), pieces in zip(texts, results):
+    for (text, _), pieces in zip(texts, results, strict=True):
         spoken = [w.word for p in pieces for w in p.words]
         assert spoken and all(word in text.rstrip(".").split() for word in spoken)
     assert [w.word for p in results[0] for w in p.words] == ["Number", "one", "is", "here"]
@@ -95,8 +94,10 @@ async def test_voices_and_defaults() -> None:
         "espeak-en-us": "en-US",
         "espeak-ko": "ko-KR",
     }
+    assert await synthesizer.load_voices() == synthesizer.voices()
     assert synthesizer.default_voice("ko-KR") == "espeak-ko"
     assert synthesizer.default_voice("en-GB") == "espeak-en-us"
+    assert synthesizer.default_voice("") == "espeak-en-us"
     with pytest.raises(NotFound):
         synthesizer.default_voice("ja-JP")
     assert [a async for a in synthesizer.synthesize("  ", voice="espeak-ko", language="ko")] == []

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from provider_servers import (  # noqa: F401
-    FakeGoogleTTSServer,
-    fake_google_tts_server,
-    fake_speech,
-    free_port,
-)
-
 from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
 from avatar_server.settings import Settings
+from provider_servers import (
+    FAKE_GOOGLE_VOICES,
+    FakeGoogleTTSServer,
+    fake_speech,
+    free_port,
+)
+
+
+@pytest.fixture
+def fake_google_tts_server() -> Iterator[FakeGoogleTTSServer]:
+    with FakeGoogleTTSServer(slow_s=5.0) as server:
+        yield server
+
 
 CHIRP_EN = "en-US-Chirp3-HD-Achernar"
 CHIRP_KO = "ko-KR-Chirp3-HD-Achernar"
@@ -91,6 +98,19 @@ async def test_voice_language_and_rate_reach_the_service(
     await speak(tts, "반갑습니다.", STANDARD_KO)
     assert fake_google_tts_server.voice_names == [STANDARD_KO]
     assert {v.name for v in tts.voices()} >= {CHIRP_EN, CHIRP_KO, STANDARD_KO}
+    with pytest.raises(NotFound):
+        tts.default_voice("ja-JP")  # the fake offers no Japanese voice
+
+
+async def test_voice_list_is_loaded_once_from_the_service(
+    fake_google_tts_server: FakeGoogleTTSServer,
+) -> None:
+    tts = synthesizer(fake_google_tts_server.endpoint)
+    assert {v.name for v in tts.voices()} == {CHIRP_EN, CHIRP_KO}  # the configured defaults
+    loaded = await tts.load_voices()
+    await tts.aclose()
+    assert {(v.name, v.language) for v in loaded} == set(FAKE_GOOGLE_VOICES)
+    assert tts.voices() == loaded
 
 
 async def test_unknown_voice_is_not_found(fake_google_tts_server: FakeGoogleTTSServer) -> None:

@@ -16,10 +16,9 @@ import grpc.aio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from avatar.v1 import avatar_pb2, avatar_pb2_grpc
-from test_rest_remux import make_fragmented_mp4, split_fragments
-
 from avatar_web.app import create_app
 from avatar_web.settings import WebSettings
+from test_rest_remux import make_fragmented_mp4, split_fragments
 
 MAX_TEXT = 100
 INIT, SEGMENTS = split_fragments(make_fragmented_mp4(2.0))
@@ -42,7 +41,9 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
     @staticmethod
     async def _open(config, context):
         if config.avatar not in ("", "known"):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"avatar {config.avatar!r} is not registered")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"avatar {config.avatar!r} is not registered"
+            )
 
     async def Converse(self, request_iterator, context):
         config = (await anext(request_iterator)).config
@@ -75,7 +76,11 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
 
         started = [event(turn_started=avatar_pb2.TurnStarted(user_text=text, from_llm=True))]
         if text == "input error":
-            return [event(error=avatar_pb2.Error(code=3, stage="input", message="text must not be empty"))]
+            return [
+                event(
+                    error=avatar_pb2.Error(code=3, stage="input", message="text must not be empty")
+                )
+            ]
         if text == "fail midway":
             return started + [
                 event(text_delta=avatar_pb2.TextDelta(text="Hel")),
@@ -96,7 +101,10 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
         return [
             event(text_delta=avatar_pb2.TextDelta(text=text)),
             event(video_init=avatar_pb2.VideoInit(data=INIT)),
-            *[event(video_segment=avatar_pb2.VideoSegment(data=s, sequence=i)) for i, s in enumerate(SEGMENTS)],
+            *[
+                event(video_segment=avatar_pb2.VideoSegment(data=s, sequence=i))
+                for i, s in enumerate(SEGMENTS)
+            ],
             event(turn_completed=avatar_pb2.TurnCompleted(text=text, media_seconds=2.0)),
         ]
 
@@ -120,7 +128,9 @@ async def fake_service():
 
 
 async def bridge_client(grpc_target: str, tmp_path, **settings) -> TestClient:
-    app = create_app(WebSettings(grpc_target=grpc_target, videos_dir=tmp_path / "videos", **settings))
+    app = create_app(
+        WebSettings(grpc_target=grpc_target, videos_dir=tmp_path / "videos", **settings)
+    )
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -171,7 +181,9 @@ async def test_chat_returns_reply_and_a_playable_url(client):
     ],
 )
 async def test_bad_input_gets_status_and_names_the_field(client, body, status, field):
-    response = await client.post("/api/chat", data=body, headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/api/chat", data=body, headers={"Content-Type": "application/json"}
+    )
     error = await error_of(response, status)
     assert error["field"] == field and error["message"]
 
@@ -183,7 +195,9 @@ async def test_speak_checks_its_text_field(client):
     assert response.status == 200 and (await response.json())["reply"] == "said"
 
 
-async def test_turn_failing_midway_is_502_with_the_service_error_and_publishes_nothing(client, tmp_path):
+async def test_turn_failing_midway_is_502_with_the_service_error_and_publishes_nothing(
+    client, tmp_path
+):
     error = await error_of(await client.post("/api/chat", json={"message": "fail midway"}), 502)
     assert error["service"]["code"] == 13 and error["service"]["stage"] == "render"
     assert "renderer crashed" in error["service"]["message"]
@@ -203,18 +217,23 @@ async def test_service_status_unavailable_is_503(client):
 async def test_unreachable_service_is_503(tmp_path):
     client = await bridge_client(f"127.0.0.1:{free_port()}", tmp_path)
     try:
-        await error_of(await client.post("/api/chat", json={"message": "hi"}), 503)
+        error = await error_of(await client.post("/api/chat", json={"message": "hi"}), 503)
+        assert error["service"]["code_name"] == "UNAVAILABLE" and error["service"]["retriable"]
         health = await client.get("/api/health")
         assert health.status == 503 and (await health.json())["status"] == "unavailable"
     finally:
         await client.close()
 
 
-async def test_concurrent_call_on_a_busy_session_is_409_and_the_first_completes(client, fake_service):
+async def test_concurrent_call_on_a_busy_session_is_409_and_the_first_completes(
+    client, fake_service
+):
     service, _ = fake_service
     first = asyncio.create_task(client.post("/api/chat", json={"message": "hold", "session": "s1"}))
     await asyncio.wait_for(service.holding.wait(), 10)
-    error = await error_of(await client.post("/api/chat", json={"message": "hi", "session": "s1"}), 409)
+    error = await error_of(
+        await client.post("/api/chat", json={"message": "hi", "session": "s1"}), 409
+    )
     assert error["field"] == "session"
     other = await client.post("/api/chat", json={"message": "hi", "session": "s2"})
     assert other.status == 200
@@ -255,8 +274,14 @@ async def test_open_pages_hear_video_ready(client):
         while notice["type"] != "video_ready":  # the page's own messages (welcome) come first
             notice = await asyncio.wait_for(ws.receive_json(), 10)
     assert notice == {
-        "type": "video_ready", "source": "rest", "session_id": body["session"], "turn_id": "t1",
-        "url": body["video_url"], "duration_s": body["duration_s"], "reply": "for the page",
+        "type": "video_ready",
+        "source": "rest",
+        "session_id": body["session"],
+        "turn_id": "t1",
+        "url": body["video_url"],
+        "id": body["video_url"].removeprefix("/api/videos/").removesuffix(".mp4"),
+        "duration_s": body["duration_s"],
+        "reply": "for the page",
     }
 
 
@@ -271,3 +296,16 @@ async def test_range_requests_get_206_with_the_right_bytes(client):
     assert tail.status == 206 and await tail.read() == whole[-50:]
     beyond = await client.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
     assert beyond.status == 416
+
+
+async def test_turn_past_the_bridge_timeout_is_504_and_frees_the_session(fake_service, tmp_path):
+    _, target = fake_service
+    client = await bridge_client(target, tmp_path, rest_turn_timeout_s=0.5)
+    try:
+        payload = {"message": "hold", "session": "slow"}
+        error = await error_of(await client.post("/api/chat", json=payload), 504)
+        assert "rest_turn_timeout_s" in error["message"]
+        response = await client.post("/api/chat", json={"message": "hi", "session": "slow"})
+        assert response.status == 200
+    finally:
+        await client.close()

@@ -11,21 +11,28 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from avatar_web.mp4_remux import RemuxError, remux_fragments
 
 FPS = 25
 RATE = 16000
 
 
-def make_fragmented_mp4(seconds: float, size: int = 64) -> bytes:
-    """A real H.264 + AAC fragmented MP4 (one fragment per 1 s key frame interval), made with PyAV."""
+def make_fragmented_mp4(
+    seconds: float, size: int = 64, audio_seconds: float | None = None
+) -> bytes:
+    """A real H.264 + AAC fragmented MP4 (a fragment per 1 s key frame interval), made by PyAV."""
     buffer = io.BytesIO()
     options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
     with av.open(buffer, "w", format="mp4", options=options) as container:
         video = container.add_stream(
-            "libx264", rate=FPS,
-            options={"g": str(FPS), "keyint_min": str(FPS), "sc_threshold": "0", "preset": "ultrafast"},
+            "libx264",
+            rate=FPS,
+            options={
+                "g": str(FPS),
+                "keyint_min": str(FPS),
+                "sc_threshold": "0",
+                "preset": "ultrafast",
+            },
         )
         video.width = video.height = size
         video.pix_fmt = "yuv420p"
@@ -36,10 +43,12 @@ def make_fragmented_mp4(seconds: float, size: int = 64) -> bytes:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = index
             container.mux(video.encode(frame))
-        samples = int(seconds * RATE)
+        samples = int((seconds if audio_seconds is None else audio_seconds) * RATE)
         tone = (np.sin(2 * np.pi * 440 * np.arange(samples) / RATE) * 8000).astype(np.int16)
         for start in range(0, samples, 1024):
-            frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                tone[None, start : start + 1024], format="s16", layout="mono"
+            )
             frame.sample_rate = RATE
             frame.pts = start
             container.mux(audio.encode(frame))
@@ -110,12 +119,16 @@ def test_independent_decoder_sees_matching_audio_and_video(fragments, tmp_path):
     remux_fragments(init, segments[1:], out)
     probe = subprocess.run(
         ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(out)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     info = json.loads(probe.stdout)
     streams = {s["codec_type"]: s for s in info["streams"]}
     assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
-    assert float(streams["video"]["duration"]) == pytest.approx(float(streams["audio"]["duration"]), abs=0.1)
+    assert float(streams["video"]["duration"]) == pytest.approx(
+        float(streams["audio"]["duration"]), abs=0.1
+    )
 
 
 def test_missing_parts_and_garbage_are_remux_errors(fragments, tmp_path):
@@ -126,3 +139,15 @@ def test_missing_parts_and_garbage_are_remux_errors(fragments, tmp_path):
         remux_fragments(b"", segments, tmp_path / "b.mp4")
     with pytest.raises(RemuxError):
         remux_fragments(b"\x00\x00\x00\x08junk", [b"not a segment"], tmp_path / "c.mp4")
+
+
+def test_audio_held_back_by_the_encoder_is_completed_with_silence(tmp_path):
+    init, segments = split_fragments(make_fragmented_mp4(2.0, audio_seconds=1.7))
+    out = tmp_path / "short-audio.mp4"
+    result = remux_fragments(init, segments, out)
+    assert result.audio_s == pytest.approx(result.video_s, abs=0.033)
+    with av.open(str(out)) as container:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert len(pcm) / RATE == pytest.approx(result.video_s, abs=0.07)
+    assert np.abs(pcm[: int(1.5 * RATE)]).max() > 0.1  # the tone is still there
+    assert np.abs(pcm[int(1.9 * RATE) :]).max() < 1e-3  # the added tail is silent

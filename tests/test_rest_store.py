@@ -1,10 +1,6 @@
-"""The bounded video store: whole-file publishing, id checks, count/size/age eviction oldest first."""
+"""The bounded video store: whole-file publishing, id checks, count/size/age eviction."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
 
 from avatar_web.video_store import StoreLimits, VideoStore
 

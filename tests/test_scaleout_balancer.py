@@ -2,10 +2,12 @@
 
 The upstreams here are stand-ins, not avatar-server: tiny real gRPC servers
 (grpcio, run as separate processes) whose one bidirectional method answers
-with the instance's name and then echoes. On SIGTERM they do what the
-avatar-server does when it drains: `server.stop(grace)`, which closes the
-listening socket while open streams go on. That is the behaviour this config
-relies on; the full scale-out run against avatar-server is bench/scaleout.py.
+with the instance's name and then echoes. On SIGTERM they do what a
+draining avatar-server must do for nginx to keep new streams away: call
+`server.stop(grace)` at once, which closes the listening socket while open
+streams go on; each open stream then finishes its running exchange and ends
+with UNAVAILABLE (reconnect). The full run against avatar-server is
+bench/scaleout.py.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ METHOD = "/standin.Echo/Chat"
 async def _serve_stand_in(name: str, port: int) -> None:
     """A stand-in upstream: names itself, echoes, and on SIGTERM stops listening but finishes streams."""
 
+    draining = asyncio.Event()
+
     async def chat(requests, context):  # type: ignore[no-untyped-def]
         greeted = False
         async for request in requests:
+            move_after_this_one = draining.is_set()  # taken when the message arrives
             yield request if greeted else name.encode()
             greeted = True
+            if move_after_this_one:  # the running exchange is done: tell the client to move
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: reconnect with your session id")
 
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
@@ -43,10 +50,12 @@ async def _serve_stand_in(name: str, port: int) -> None:
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    draining = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, draining.set)
     await draining.wait()
-    await server.stop(grace=20)
+    await server.stop(grace=20)  # returns once every open stream has ended
+    # Let the last statuses leave the socket: exiting at once can turn them into a reset
+    # that nginx reports to the client as INTERNAL instead of UNAVAILABLE.
+    await asyncio.sleep(0.5)
 
 
 @pytest.fixture
@@ -82,6 +91,8 @@ class Stream:
         return self
 
     async def echo(self, payload: bytes) -> bytes:
+        if self.call.done():
+            raise AssertionError(f"stream on {self.instance} ended: {await self.call.code()} {await self.call.details()}")
         await self.call.write(payload)
         return await self.call.read()
 
@@ -115,8 +126,12 @@ async def test_draining_instance_gets_no_new_stream_and_keeps_its_open_ones(clus
     assert {stream.instance for stream in fresh} == {"b", "c"}
     for stream in on_a:
         assert await stream.echo(b"still here") == b"still here"
+        # The status the draining instance ends a stream with reaches the client through nginx.
+        status = (await stream.call.code(), await stream.call.details())
+        assert status[0] == grpc.StatusCode.UNAVAILABLE and "reconnect" in status[1], status
     for stream in held + fresh:
-        await stream.close()
+        if stream not in on_a:
+            await stream.close()
     assert processes["a"].wait(20) == 0  # the drained instance exits once its streams ended
 
 

@@ -48,12 +48,14 @@ async def build_deps(settings: Settings) -> ServiceDeps:
     avatars = AvatarRegistry(settings.data_dir, max_upload_bytes=settings.max_upload_bytes)
     await avatars.start()
     renderer = create_renderer(settings)
+    tts = create_speech_synthesizer(settings)
+    await tts.load_voices()
     return ServiceDeps(
         settings=settings,
         avatars=avatars,
         renderer=renderer,
         llm=create_language_model(settings),
-        tts=create_speech_synthesizer(settings),
+        tts=tts,
         store=create_session_store(settings),
         metrics=Metrics(),
         instance_id=settings.instance_id or socket.gethostname(),

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest avatar upload (bytes)")
     session_idle_timeout_s: float = Field(0.0, description="Idle session timeout; 0 = none")
     turn_deadline_s: float = Field(120.0, description="Longest a turn may run; 0 = none")
+    send_queue_events: int = Field(256, description="Events buffered per session for a slow client")
     max_send_lag_s: float = Field(30.0, description="End a session whose client is this far behind (s)")
     max_history_turns: int = Field(20, description="Conversation turns kept per session")
 

@@ -99,7 +99,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     session = BrowserSession(
-        ws, settings, request.app[GRPC_CHANNEL], request.app[HUB], MEDIA_URL
+        request, ws, settings, request.app[GRPC_CHANNEL], request.app[HUB], MEDIA_URL
     )
     await session.run()
     return ws

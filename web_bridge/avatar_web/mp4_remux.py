@@ -8,6 +8,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
+
+_AAC_FRAME = 1024  # samples per AAC-LC frame
 
 
 class RemuxError(Exception):
@@ -29,10 +32,15 @@ def remux_fragments(init: bytes, segments: list[bytes], out_path: Path) -> Remux
 
     Segments of a later turn carry timestamps that continue the session's media clock, so
     every packet is shifted by one common offset that makes the file start at zero while
-    audio and video keep their relative position. Blocking: call it in a thread.
+    audio and video keep their relative position. The service's AAC encoder holds back the
+    last 0.1-0.2 s of a turn's audio (silence: turns end in silence), so the audio track is
+    completed with encoded AAC silence up to the video's end; nothing else is encoded.
+    Blocking: call it in a thread.
     """
     if not init or not segments:
-        raise RemuxError("nothing to remux: an init segment and at least one media segment are needed")
+        raise RemuxError(
+            "nothing to remux: an init segment and at least one media segment are needed"
+        )
     fragmented = io.BytesIO(b"".join([init, *segments]))
     try:
         with av.open(fragmented, mode="r", format="mp4") as source:
@@ -53,7 +61,9 @@ def remux_fragments(init: bytes, segments: list[bytes], out_path: Path) -> Remux
     )
 
 
-def _read_packets(source: av.container.InputContainer) -> tuple[list[av.Packet], list[av.stream.Stream]]:
+def _read_packets(
+    source: av.container.InputContainer,
+) -> tuple[list[av.Packet], list[av.stream.Stream]]:
     """All timed audio/video packets of the source, in demux order."""
     streams = [s for s in source.streams if s.type in ("video", "audio")]
     if not any(s.type == "video" for s in streams):
@@ -79,11 +89,60 @@ def _write_packets(
         packet.dts -= shift
         if packet.pts is not None:
             packet.pts -= shift
-        end = _seconds((packet.pts if packet.pts is not None else packet.dts) + packet.duration, packet.time_base)
+        end = _seconds(
+            (packet.pts if packet.pts is not None else packet.dts) + packet.duration,
+            packet.time_base,
+        )
         ends[kind] = max(ends.get(kind, 0.0), end)
         packet.stream = outputs[packet.stream.index]
         sink.mux(packet)
+    audio = next((s for s in streams if s.type == "audio"), None)
+    if audio is not None and audio.codec_context.name == "aac" and "audio" in ends:
+        ends["audio"] = _pad_with_silence(sink, outputs[audio.index], audio, ends)
     return ends
+
+
+def _pad_with_silence(
+    sink: av.container.OutputContainer,
+    output: av.stream.Stream,
+    source: av.audio.stream.AudioStream,
+    ends: dict[str, float],
+) -> float:
+    """Appends AAC silence until the audio ends within half a frame of the video; new audio end."""
+    rate = source.codec_context.sample_rate
+    gap_frames = round((ends.get("video", 0.0) - ends["audio"]) * rate / _AAC_FRAME)
+    if gap_frames <= 0:
+        return ends["audio"]
+    time_base = source.time_base
+    position = round(ends["audio"] / time_base)
+    step = round(Fraction(_AAC_FRAME, rate) / time_base)
+    for payload in _silent_aac_frames(source.codec_context, gap_frames):
+        packet = av.Packet(payload)
+        packet.pts = packet.dts = position
+        packet.duration = step
+        packet.time_base = time_base
+        packet.stream = output
+        sink.mux(packet)
+        position += step
+    return _seconds(position, time_base)
+
+
+def _silent_aac_frames(codec: av.audio.codec.AudioCodecContext, count: int) -> list[bytes]:
+    """`count` AAC frames of silence with the stream's rate and channel layout."""
+    encoder = av.CodecContext.create("aac", "w")
+    encoder.sample_rate = codec.sample_rate
+    encoder.layout = codec.layout.name
+    encoder.format = "fltp"
+    encoder.open()
+    zeros = np.zeros((codec.layout.nb_channels, _AAC_FRAME), np.float32)
+    payloads: list[bytes] = []
+    for index in range(count):
+        frame = av.AudioFrame.from_ndarray(zeros, format="fltp", layout=codec.layout.name)
+        frame.sample_rate = codec.sample_rate
+        frame.pts = index * _AAC_FRAME
+        payloads += [bytes(packet) for packet in encoder.encode(frame)]
+    payloads += [bytes(packet) for packet in encoder.encode(None)]
+    return payloads[:count]
 
 
 def _seconds(ticks: int, time_base: Fraction) -> float:

@@ -37,9 +37,10 @@ class BrowserSession:
     """Relays one page: its messages to the service, the service's events (bounded) to it."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, settings: WebSettings, channel: grpc.aio.Channel, hub: Hub,
-        media_url: str,
+        self, request: web.Request, ws: web.WebSocketResponse, settings: WebSettings,
+        channel: grpc.aio.Channel, hub: Hub, media_url: str,
     ) -> None:
+        self._request = request
         self._ws = ws
         self._settings = settings
         self._stub = avatar_pb2_grpc.AvatarServiceStub(channel)
@@ -64,8 +65,16 @@ class BrowserSession:
         self._outbox.close()
         if self._call is not None:
             self._call.cancel()
-        with contextlib.suppress(Exception):
-            await self._ws.close(code=code, message=message.encode()[:120])
+        if self._sender is not None and asyncio.current_task() is not self._sender:
+            self._sender.cancel()
+        closing = asyncio.ensure_future(self._ws.close(code=code, message=message.encode()[:120]))
+        done, _ = await asyncio.wait({closing}, timeout=2.0)
+        if not done:  # a browser that reads nothing cannot take a close frame either
+            self._abort()
+
+    def _abort(self) -> None:
+        if self._request.transport is not None:
+            self._request.transport.abort()
 
     async def run(self) -> None:
         """Serves the connection until either side closes it."""
@@ -164,7 +173,8 @@ class BrowserSession:
             status = grpc.StatusCode.OK
             detail = "the service ended the session"
         except SlowConsumer as exc:
-            log.warning("closing a slow browser connection: %s", exc)
+            log.warning("dropping a slow browser connection: %s", exc)
+            self._abort()
             await self.close(CLOSE_SLOW_CONSUMER, "send buffer full")
             return
         except grpc.aio.AioRpcError as exc:
@@ -176,6 +186,7 @@ class BrowserSession:
         self._outbox.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(self._sender), 5.0)  # flush the explanation
+        self._sender = None
         await self.close(CLOSE_UPSTREAM_ENDED, "upstream ended")
 
     async def _send_loop(self) -> None:

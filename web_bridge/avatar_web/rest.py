@@ -1,4 +1,4 @@
-"""The plain REST API: POST /api/chat and /api/speak answer with reply text and a finished MP4's URL.
+"""The plain REST API: POST /api/chat and /api/speak answer with reply text and an MP4's URL.
 
 For clients that cannot stream: each call runs one whole turn on the service, remuxes the
 turn's fragmented-MP4 segments (no re-encoding) into one ordinary MP4, publishes it in the
@@ -12,10 +12,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -24,7 +24,7 @@ from avatar.v1 import avatar_pb2, avatar_pb2_grpc
 
 from avatar_web.keys import GRPC_CHANNEL, HUB, SETTINGS
 from avatar_web.mp4_remux import RemuxError, remux_fragments
-from avatar_web.rest_errors import ApiError, error_before_turn
+from avatar_web.rest_errors import ApiError, error_from_status
 from avatar_web.rest_turn import TurnOutput, TurnRequest, run_chat_turn, run_speak_turn
 from avatar_web.security import token_valid
 from avatar_web.settings import WebSettings
@@ -122,7 +122,9 @@ async def _video(request: web.Request) -> web.StreamResponse:
     store = request.app[REST_STATE].store
     video = store.get(match.group(1)) if match and store is not None else None
     if video is None:
-        return ApiError(404, f"no video {name!r} (unknown, malformed or expired)", field="id").to_response()
+        return ApiError(
+            404, f"no video {name!r} (unknown, malformed or expired)", field="id"
+        ).to_response()
     return web.FileResponse(
         video.path,
         headers={
@@ -140,9 +142,13 @@ async def _health(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"videos": {"count": count, "bytes": size}}
     stub = avatar_pb2_grpc.AvatarServiceStub(request.app[GRPC_CHANNEL])
     try:
-        info = await stub.GetServerInfo(avatar_pb2.GetServerInfoRequest(), timeout=_HEALTH_TIMEOUT_S)
+        info = await stub.GetServerInfo(
+            avatar_pb2.GetServerInfoRequest(), timeout=_HEALTH_TIMEOUT_S
+        )
     except grpc.aio.AioRpcError as exc:
-        body.update(status="unavailable", service={"error": exc.code().name, "message": exc.details()})
+        body.update(
+            status="unavailable", service={"error": exc.code().name, "message": exc.details()}
+        )
         return web.json_response(body, status=503)
     body.update(
         status="draining" if info.capacity.draining else "ok",
@@ -216,7 +222,9 @@ def _optional(data: dict, key: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-async def _check_names(app: web.Application, channel: grpc.aio.Channel, request: TurnRequest) -> None:
+async def _check_names(
+    app: web.Application, channel: grpc.aio.Channel, request: TurnRequest
+) -> None:
     """Refuses oversized text (413) and voices the service does not offer (404) before any turn.
 
     Unknown avatars are refused by the service when the session opens (NOT_FOUND, mapped to 404).
@@ -225,7 +233,8 @@ async def _check_names(app: web.Application, channel: grpc.aio.Channel, request:
     limit = info.limits.max_text_chars
     if limit and len(request.text) > limit:
         raise ApiError(
-            413, f"'{request.text_field}' has {len(request.text)} characters; the limit is {limit}",
+            413,
+            f"'{request.text_field}' has {len(request.text)} characters; the limit is {limit}",
             field=request.text_field,
         )
     voices = {voice.name for voice in info.voices}
@@ -242,7 +251,9 @@ async def _server_info(
     if state.server_info is None or now - state.server_info_at > _SERVER_INFO_TTL_S:
         stub = avatar_pb2_grpc.AvatarServiceStub(channel)
         try:
-            state.server_info = await stub.GetServerInfo(avatar_pb2.GetServerInfoRequest(), timeout=10)
+            state.server_info = await stub.GetServerInfo(
+                avatar_pb2.GetServerInfoRequest(), timeout=10
+            )
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc, request) from None
         state.server_info_at = now
@@ -250,15 +261,18 @@ async def _server_info(
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError, request: TurnRequest) -> ApiError:
-    return error_before_turn(
-        exc.code(), exc.details() or "", text_field=request.text_field,
+    return error_from_status(
+        exc.code(),
+        exc.details() or "",
+        turn_started=False,
+        text_field=request.text_field,
         named_fields=request.named_fields(),
     )
 
 
 @asynccontextmanager
 async def _session_turn(state: RestState, session_id: str) -> AsyncIterator[None]:
-    """One REST turn per session at a time: a second call while one runs gets 409, never interleaves."""
+    """One REST turn per session at a time: a call while one runs gets 409, never interleaves."""
     if not session_id:
         yield
         return
@@ -278,7 +292,10 @@ async def _publish(app: web.Application, output: TurnOutput) -> dict[str, Any]:
     """Remuxes the turn into the store (only complete files are published) and tells the pages."""
     state = app[REST_STATE]
     completed = output.completed
-    timings = {f.name: round(getattr(completed.timings, f.name), 3) for f in completed.timings.DESCRIPTOR.fields}
+    timings = {
+        f.name: round(getattr(completed.timings, f.name), 3)
+        for f in completed.timings.DESCRIPTOR.fields
+    }
     body: dict[str, Any] = {
         "session": output.session_id,
         "turn": output.turn_id,
@@ -310,11 +327,11 @@ async def _publish(app: web.Application, output: TurnOutput) -> dict[str, Any]:
     body["video_url"] = f"/api/videos/{video.video_id}.mp4"
     body["duration_s"] = round(result.duration_s, 6)
     body["size_bytes"] = video.size_bytes
-    _notify_pages(app, body)
+    _notify_pages(app, body, video.video_id)
     return body
 
 
-def _notify_pages(app: web.Application, body: dict[str, Any]) -> None:
+def _notify_pages(app: web.Application, body: dict[str, Any], video_id: str) -> None:
     hub = app.get(HUB)
     if hub is None:
         return
@@ -324,6 +341,7 @@ def _notify_pages(app: web.Application, body: dict[str, Any]) -> None:
             "source": "rest",
             "session_id": body["session"],
             "turn_id": body["turn"],
+            "id": video_id,
             "url": body["video_url"],
             "duration_s": body["duration_s"],
             "reply": body["reply"],

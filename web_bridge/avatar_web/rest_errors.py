@@ -21,6 +21,9 @@ _HTTP_STATUS = {
 }
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _FIELD_WORDS = ("avatar", "voice", "language", "session")
+_RETRIABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+)
 
 
 class ApiError(Exception):
@@ -41,7 +44,7 @@ class ApiError(Exception):
         self.service_error = service_error
 
     def to_response(self) -> web.Response:
-        """The JSON body every REST error has: {"error": {"status", "message", "field"?, "service"?}}."""
+        """The JSON error body: {"error": {"status", "message", "field"?, "service"?}}."""
         body: dict[str, Any] = {"status": self.status, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
@@ -56,7 +59,9 @@ def status_from_number(number: int) -> grpc.StatusCode:
     return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
 
 
-def service_error(code: grpc.StatusCode, message: str, stage: str = "", retriable: bool = False) -> dict:
+def service_error(
+    code: grpc.StatusCode, message: str, stage: str = "", retriable: bool = False
+) -> dict:
     """The service's own error, passed through in the JSON body."""
     return {
         "code": code.value[0],
@@ -65,6 +70,26 @@ def service_error(code: grpc.StatusCode, message: str, stage: str = "", retriabl
         "message": message,
         "retriable": retriable,
     }
+
+
+def error_from_status(
+    code: grpc.StatusCode,
+    details: str,
+    *,
+    turn_started: bool,
+    text_field: str,
+    named_fields: dict[str, str],
+) -> ApiError:
+    """Maps a gRPC status that ended a call (unreachable service, unknown avatar, ...)."""
+    mapper = error_midway if turn_started else error_before_turn
+    return mapper(
+        code,
+        details,
+        stage="server" if turn_started else "",
+        retriable=code in _RETRIABLE,
+        text_field=text_field,
+        named_fields=named_fields,
+    )
 
 
 def error_before_turn(
@@ -76,7 +101,7 @@ def error_before_turn(
     text_field: str,
     named_fields: dict[str, str],
 ) -> ApiError:
-    """Maps a service error on a request whose turn never started (bad input, unknown names, down)."""
+    """Maps a service error on a request whose turn never started (bad input, unknown, down)."""
     status = _HTTP_STATUS.get(code, 502)
     field = _field_of(code, message, text_field, named_fields)
     if status == 400 and field == text_field and _says_too_long(message):
@@ -98,10 +123,17 @@ def error_midway(
     text_field: str,
     named_fields: dict[str, str],
 ) -> ApiError:
-    """Maps an error after the turn started: 502 with the service's error, unless it is bad input."""
-    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) and stage in ("input", ""):
+    """Maps an error after the turn started: 502 with the service's error, unless bad input."""
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) and stage in (
+        "input",
+        "",
+    ):
         return error_before_turn(
-            code, message, stage=stage, retriable=retriable, text_field=text_field,
+            code,
+            message,
+            stage=stage,
+            retriable=retriable,
+            text_field=text_field,
             named_fields=named_fields,
         )
     return ApiError(
@@ -129,4 +161,7 @@ def _field_of(
 
 def _says_too_long(message: str) -> bool:
     lowered = message.lower()
-    return any(word in lowered for word in ("too long", "at most", "exceeds", "longer than", "the limit is"))
+    return any(
+        word in lowered
+        for word in ("too long", "at most", "exceeds", "longer than", "the limit is")
+    )

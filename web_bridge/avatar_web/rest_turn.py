@@ -1,4 +1,4 @@
-"""Runs one whole turn over gRPC (a short Converse stream or a Speak call) and collects its output."""
+"""Runs one whole turn over gRPC (a short Converse stream or a Speak call) and collects it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import grpc
 import grpc.aio
 from avatar.v1 import avatar_pb2, avatar_pb2_grpc
 
-from avatar_web.rest_errors import ApiError, error_before_turn, error_midway, status_from_number
+from avatar_web.rest_errors import (
+    ApiError,
+    error_before_turn,
+    error_from_status,
+    error_midway,
+    status_from_number,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +35,13 @@ class TurnRequest:
     language: str = ""
 
     def session_config(self) -> avatar_pb2.SessionConfig:
+        """Video only: the MP4 carries the speech, so raw PCM events would be wasted traffic."""
         return avatar_pb2.SessionConfig(
-            session_id=self.session, avatar=self.avatar, voice=self.voice, language=self.language
+            session_id=self.session,
+            avatar=self.avatar,
+            voice=self.voice,
+            language=self.language,
+            output=avatar_pb2.OutputOptions(pcm_audio=False),
         )
 
     def named_fields(self) -> dict[str, str]:
@@ -108,12 +119,10 @@ class _Collector:
         )
 
     def rpc_error(self, exc: grpc.aio.AioRpcError) -> ApiError:
-        """Maps a gRPC status that ended the call (unreachable service, unknown avatar, ...)."""
-        mapper = error_midway if self.turn_started else error_before_turn
-        return mapper(
+        return error_from_status(
             exc.code(),
             exc.details() or "",
-            stage="" if not self.turn_started else "server",
+            turn_started=self.turn_started,
             text_field=self.request.text_field,
             named_fields=self.request.named_fields(),
         )

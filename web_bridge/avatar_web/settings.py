@@ -49,20 +49,16 @@ class WebSettings(BaseSettings):
     preview_cache_entries: int = Field(16, ge=0, description="Avatar previews kept in memory")
     log_level: str = Field("INFO", description="Logging level")
 
-    # --- REST API (owner: REST helper) -------------------------------------------
-    videos_dir: Path = Field(Path("data/videos"), description="Where finished REST reply MP4s are kept")
+    # --- REST API (/api/*, see docs/rest.md) -----------------------------------
+    videos_dir: Path = Field(Path("data/videos"), description="Where finished REST videos are kept")
     videos_max_bytes: int = Field(
-        1024 * 1024 * 1024, ge=0, description="Most bytes of reply videos kept (0 = no limit)"
+        2 * 1024**3, ge=0, description="Most bytes of kept videos (0 = no limit)"
     )
-    videos_max_age_s: float = Field(
-        3600.0, ge=0, description="Seconds a reply video is kept (0 = no limit)"
-    )
-    videos_max_count: int = Field(500, ge=0, description="Most reply videos kept (0 = no limit)")
-    rest_turn_timeout_s: float = Field(
-        300.0, gt=0, description="Longest a REST chat/speak call waits for its turn to finish (s)"
-    )
+    videos_max_age_s: float = Field(86400.0, ge=0, description="Oldest kept video (s; 0 = no limit)")
+    videos_max_count: int = Field(500, ge=0, description="Most kept videos (0 = no limit)")
+    rest_turn_timeout_s: float = Field(180.0, gt=0, description="Longest a REST turn may take (s)")
     rest_max_body_bytes: int = Field(
-        256 * 1024, ge=1024, description="Largest accepted REST request body (bytes)"
+        64 * 1024, ge=1024, description="Largest accepted REST request body (bytes)"
     )
 
     @field_validator("allowed_origins", mode="before")

@@ -1,4 +1,4 @@
-"""A bounded folder of finished reply videos: published whole, looked up by id, oldest evicted first."""
+"""A bounded folder of finished reply videos: published whole, found by id, oldest evicted first."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class VideoStore:
         return Path(name)
 
     def publish(self, partial: Path) -> StoredVideo:
-        """Moves a complete file from `partial_path()` into the store under a new id, then evicts."""
+        """Moves a complete file from `partial_path()` into the store under a new id; evicts."""
         video_id = secrets.token_hex(16)
         final = self.root / f"{video_id}{_SUFFIX}"
         os.replace(partial, final)

@@ -45,8 +45,10 @@ def region_around(points: np.ndarray, margin: float, frame_width: int, frame_hei
     low = np.floor(points.min(axis=0) - margin).astype(int)
     high = np.ceil(points.max(axis=0) + margin).astype(int)
     return Region(
-        max(0, int(low[0])), max(0, int(low[1])),
-        min(frame_width, int(high[0])), min(frame_height, int(high[1])),
+        max(0, int(low[0])),
+        max(0, int(low[1])),
+        min(frame_width, int(high[0])),
+        min(frame_height, int(high[1])),
     )
 
 
@@ -135,7 +137,11 @@ def backward_map(displacement: np.ndarray) -> np.ndarray:
     grid = _grid(height, width)
     first = grid - displacement
     refined = cv2.remap(
-        displacement, first[..., 0], first[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        displacement,
+        first[..., 0],
+        first[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
     )
     return grid - refined
 

@@ -39,11 +39,17 @@ def blink_closure(seconds_since_start: float) -> float:
 class EyeRig:
     """Closes both eyes by pulling the upper lids down to meet the lower lids."""
 
-    def __init__(self, landmarks: np.ndarray, groups: LandmarkGroups, width: int, height: int) -> None:
+    def __init__(
+        self, landmarks: np.ndarray, groups: LandmarkGroups, width: int, height: int
+    ) -> None:
         upper = list(groups.left_eye_upper[1:-1] + groups.right_eye_upper[1:-1])
         lower = list(groups.left_eye_lower[1:-1] + groups.right_eye_lower[1:-1])
-        corners = [groups.left_eye_upper[0], groups.left_eye_upper[-1],
-                   groups.right_eye_upper[0], groups.right_eye_upper[-1]]
+        corners = [
+            groups.left_eye_upper[0],
+            groups.left_eye_upper[-1],
+            groups.right_eye_upper[0],
+            groups.right_eye_upper[-1],
+        ]
         fixed = list(groups.brows) + corners
         eye_height = float(np.median(np.linalg.norm(landmarks[lower] - landmarks[upper], axis=1)))
         eye_span = np.ptp(landmarks[corners], axis=0).max()
@@ -124,6 +130,9 @@ class IdleMotion:
             frame = blinked
         height, width = frame.shape[:2]
         return cv2.warpAffine(
-            frame, self.sway(index), (width, height), flags=cv2.INTER_LINEAR,
+            frame,
+            self.sway(index),
+            (width, height),
+            flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT101,
         )

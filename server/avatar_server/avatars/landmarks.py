@@ -27,12 +27,8 @@ class FaceLandmarker(Protocol):
 
     layout: str  # e.g. "mediapipe478"; names the index groups in `LAYOUTS`
 
-    def detect(self, rgb: np.ndarray, *, track: bool = False) -> list[FaceDetection]:
-        """All faces in `rgb` (H, W, 3 uint8), largest first.
-
-        `track=True` lets a detector reuse the previous call's face (consecutive video
-        frames); `False` treats the image on its own.
-        """
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
+        """All faces in `rgb` (H, W, 3 uint8), largest first, each image on its own."""
         ...
 
 
@@ -71,8 +67,42 @@ MEDIAPIPE_478 = LandmarkGroups(
     right_eye_lower=(263, 249, 390, 373, 374, 380, 381, 382, 362),
     brows=(70, 63, 105, 66, 107, 336, 296, 334, 293, 300),
     face_oval=(
-        10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,
-        377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+        10,
+        338,
+        297,
+        332,
+        284,
+        251,
+        389,
+        356,
+        454,
+        323,
+        361,
+        288,
+        397,
+        365,
+        379,
+        378,
+        400,
+        377,
+        152,
+        148,
+        176,
+        149,
+        150,
+        136,
+        172,
+        58,
+        132,
+        93,
+        234,
+        127,
+        162,
+        21,
+        54,
+        103,
+        67,
+        109,
     ),
 )
 
@@ -88,7 +118,11 @@ def inner_lip_gap(landmarks: np.ndarray, groups: LandmarkGroups = MEDIAPIPE_478)
 
 def mouth_width(landmarks: np.ndarray, groups: LandmarkGroups = MEDIAPIPE_478) -> float:
     """Distance between the mouth corners (pixels): the face's scale for mouth motion."""
-    return float(np.linalg.norm(landmarks[groups.lips_outer_upper[-1]] - landmarks[groups.lips_outer_upper[0]]))
+    return float(
+        np.linalg.norm(
+            landmarks[groups.lips_outer_upper[-1]] - landmarks[groups.lips_outer_upper[0]]
+        )
+    )
 
 
 class MediaPipeFaceLandmarker:
@@ -103,34 +137,34 @@ class MediaPipeFaceLandmarker:
     def __init__(self, *, max_faces: int = 3, min_confidence: float = 0.5) -> None:
         import mediapipe as mp  # heavy import, only when a landmarker is made
 
-        face_mesh = mp.solutions.face_mesh
-        common = dict(
+        # Static mode: every frame is detected afresh, so one video's face never leaks
+        # into the next call's result through the tracker.
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True,
             max_num_faces=max_faces,
             refine_landmarks=True,
             min_detection_confidence=min_confidence,
-            min_tracking_confidence=min_confidence,
         )
-        self._still = face_mesh.FaceMesh(static_image_mode=True, **common)
-        self._video = face_mesh.FaceMesh(static_image_mode=False, **common)
         self._lock = threading.Lock()
 
-    def detect(self, rgb: np.ndarray, *, track: bool = False) -> list[FaceDetection]:
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
         """All faces in `rgb`, largest first (see `FaceLandmarker.detect`)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
         height, width = rgb.shape[:2]
         with self._lock:
-            result = (self._video if track else self._still).process(np.ascontiguousarray(rgb))
+            result = self._mesh.process(np.ascontiguousarray(rgb))
         faces = []
         for face in result.multi_face_landmarks or ():
-            points = np.array([(p.x * width, p.y * height) for p in face.landmark], dtype=np.float32)
+            points = np.array(
+                [(p.x * width, p.y * height) for p in face.landmark], dtype=np.float32
+            )
             box = np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
             faces.append(FaceDetection(landmarks=points, box=box))
         faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return faces
 
     def close(self) -> None:
-        """Frees the MediaPipe graphs."""
+        """Frees the MediaPipe graph."""
         with self._lock:
-            self._still.close()
-            self._video.close()
+            self._mesh.close()

@@ -33,7 +33,9 @@ class AvatarAssets:
     (T, N, 2) float32, in the detector's layout (`landmark_layout`, e.g.
     "mediapipe478"). `face_boxes` are (T, 4) float32 x0, y0, x1, y1.
     `cache_dir` is this avatar's folder; a renderer keeps what it derives from
-    the avatar under `cache_dir / <renderer name>`.
+    the avatar under `cache_dir / <renderer name>`. `crop_box` is a square
+    x0, y0, x1, y1 (float32) around the face in every frame, for renderers that
+    work on a face crop; None where unknown.
     """
 
     info: AvatarInfo
@@ -43,3 +45,4 @@ class AvatarAssets:
     landmark_layout: str
     face_boxes: np.ndarray
     cache_dir: Path
+    crop_box: np.ndarray | None = None

@@ -2,6 +2,6 @@
 
 from avatar_server.media.clip import encode_clip
 from avatar_server.media.encoder import EncodedSegment, SegmentEncoder
-from avatar_server.media.resample import resample
+from avatar_server.media.resample import StreamResampler, resample
 
-__all__ = ["EncodedSegment", "SegmentEncoder", "encode_clip", "resample"]
+__all__ = ["EncodedSegment", "SegmentEncoder", "StreamResampler", "encode_clip", "resample"]

@@ -5,7 +5,9 @@ timescale of both tracks. Frame f covers clock samples [f * spf, (f + 1) * spf),
 clock_rate // fps. Audio is aligned exactly: decoded audio at clock position t is the PCM
 given for t. The AAC encoder emits `AAC_PRIMING` samples of padding before its input, so
 the first `AAC_PRIMING` input samples of a stream (silence, as the pipeline guarantees) are
-dropped and AAC packet k is placed at clock position origin + k * 1024.
+dropped and AAC packet k is placed at clock position origin + k * 1024. AAC holds back its
+partial frame and one frame of look-ahead, so a segment's audio ends 2048 to 3071 samples
+before its video; that audio goes out with the next segment.
 """
 
 from __future__ import annotations
@@ -131,10 +133,11 @@ class SegmentEncoder:
         self._audio = None  # type: ignore[assignment]
 
     def _encode_video(self, first_frame: int, frames: Sequence[Frame]) -> list[fmp4.Sample]:
+        # Convert (and so check) every frame first: a bad frame must not leave x264 half-fed.
+        video_frames = [self._converter.to_yuv420p(frame) for frame in frames]
         packets: list[av.Packet] = []
         try:
-            for index, frame in enumerate(frames):
-                video_frame = self._converter.to_yuv420p(frame)
+            for index, video_frame in enumerate(video_frames):
                 video_frame.pts = (first_frame + index) * self.samples_per_frame
                 video_frame.pict_type = (
                     av.video.frame.PictureType.I if index == 0 else av.video.frame.PictureType.NONE

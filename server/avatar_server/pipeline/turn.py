@@ -21,7 +21,7 @@ import numpy as np
 
 from avatar_server.errors import AvatarError, StatusCode
 from avatar_server.media.encoder import SegmentEncoder
-from avatar_server.media.resample import resample
+from avatar_server.media.resample import StreamResampler
 from avatar_server.pipeline.events import (
     AudioOut,
     CaptionOut,
@@ -116,32 +116,40 @@ async def run_turn(
     async def speech_stage() -> None:
         position = turn_start
         spf = media.samples_per_frame
+        lead_in = np.zeros(LEAD_IN_FRAMES * spf, np.int16)  # sent with the first speech
 
-        async def send(pcm: np.ndarray) -> None:
-            nonlocal position
+        async def send(pcm: np.ndarray, *, speech: bool) -> None:
+            nonlocal position, lead_in
+            if lead_in is not None:
+                pending, lead_in = lead_in, None
+                await send(pending, speech=False)
             span = Span(position, position + len(pcm))
             if media.pcm_out:
                 await emit(AudioOut(pcm, span))
-                mark("first_audio_ms")
+                if speech:
+                    mark("first_audio_ms")
             await audio_channel.put(pcm)
             position = span.end
 
-        await send(np.zeros(LEAD_IN_FRAMES * spf, np.int16))
         async for sentence in split_sentences(aiter(text_channel)):
-            sentence_start = position
+            sentence_start = position + (len(lead_in) if lead_in is not None else 0)
+            resampler: StreamResampler | None = None
             async for piece in tts.synthesize(sentence, voice=voice, language=language):
                 mark("tts_first_audio_ms")
-                piece_start = position
-                pcm = resample(piece.pcm, piece.sample_rate, media.clock_rate)
+                if resampler is None:
+                    resampler = StreamResampler(piece.sample_rate, media.clock_rate)
+                pcm = resampler.push(piece.pcm)
                 if len(pcm):
-                    await send(pcm)
-                for word in piece.words:
-                    start = piece_start + round(word.start_s * media.clock_rate)
-                    end = piece_start + round(word.end_s * media.clock_rate)
+                    await send(pcm, speech=True)
+                for word in piece.words:  # word times count from the sentence's start
+                    start = sentence_start + round(word.start_s * media.clock_rate)
+                    end = sentence_start + round(word.end_s * media.clock_rate)
                     await emit(CaptionOut(word.word, Span(start, max(start, end)), sentence=False))
+            if resampler is not None and len(rest := resampler.flush()):
+                await send(rest, speech=True)
             await emit(CaptionOut(sentence, Span(sentence_start, position), sentence=True))
-        tail = TAIL_FRAMES * spf + (-(position - turn_start)) % spf
-        await send(np.zeros(tail, np.int16))
+        length = position - turn_start + (len(lead_in) if lead_in is not None else 0)
+        await send(np.zeros(TAIL_FRAMES * spf + (-length) % spf, np.int16), speech=False)
         report.media_samples = position - turn_start
         await audio_channel.close()
 
@@ -194,21 +202,23 @@ async def _run_video(
         nonlocal expected_frames, starved_s
         received = 0
         iterator = aiter(audio_channel)
+        to_renderer = (StreamResampler(media.clock_rate, media.renderer_rate)
+                       if media.renderer_rate != media.clock_rate else None)
         while True:
             waited = time.perf_counter()
             try:
                 pcm = await anext(iterator)
             except StopAsyncIteration:
                 expected_frames = received // spf
+                if to_renderer is not None:
+                    yield to_renderer.flush()
                 return
             finally:
                 starved_s += time.perf_counter() - waited
             received += len(pcm)
             pcm_pending.append(pcm)
             chunk = pcm.astype(np.float32) / 32768.0
-            if media.renderer_rate != media.clock_rate:
-                chunk = resample(chunk, media.clock_rate, media.renderer_rate)
-            yield chunk
+            yield to_renderer.push(chunk) if to_renderer is not None else chunk
 
     async def render_stage() -> None:
         nonlocal starved_s
@@ -271,10 +281,9 @@ async def _run_video(
         done = 0
         target = media.first_segment_frames
         while True:
-            try:
-                frame = await asyncio.wait_for(
-                    frame_channel.get(), STALL_FLUSH_S if pending else None
-                )
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                async with asyncio.timeout(STALL_FLUSH_S if pending else None):
+                    frame = await frame_channel.get()
                 ended = frame is None
             except TimeoutError:
                 frame, ended = None, False

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
 _TURN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SEND_QUEUE = 256  # events buffered per session before the pipeline waits for the client
 _FIRST_SEGMENT_FRAMES = 8
 
 
@@ -63,7 +62,8 @@ class Session:
         self.resumed = resumed
         self.width, self.height = width, height
         self.id = state.session_id
-        self._out: asyncio.Queue[pb.ConverseResponse | EndStream] = asyncio.Queue(_SEND_QUEUE)
+        self._out: asyncio.Queue[pb.ConverseResponse | EndStream] = asyncio.Queue(
+            deps.settings.send_queue_events)
         self._turn_task: asyncio.Task[None] | None = None
         self._turn_id = ""
         self._cancel_reason = ""
@@ -72,6 +72,7 @@ class Session:
         self._ending = False  # no more turns; end the stream when the running one is done
         self._last_activity = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
+        self._eviction: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -347,13 +348,17 @@ class Session:
             return
         lag = self.deps.settings.max_send_lag_s
         try:
-            await asyncio.wait_for(self._out.put(item), lag or None)
+            async with asyncio.timeout(lag or None):
+                await self._out.put(item)
         except TimeoutError:
             log.warning("client too slow; ending session", extra={"session_id": self.id})
-            self._closed = True
             self._drain_queue()
             self._out.put_nowait(EndStream(StatusCode.RESOURCE_EXHAUSTED,
                                            f"client read too slowly (more than {lag:g} s behind)"))
+            self._closed = True
+            # Free the renderer and stop the turn now; the stream itself ends when
+            # the client reads again or its connection goes.
+            self._eviction = asyncio.create_task(self.close("client too slow"))
             raise asyncio.CancelledError from None
 
     def _drain_queue(self) -> None:

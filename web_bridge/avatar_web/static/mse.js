@@ -45,6 +45,11 @@ export class MseSink {
     return this.enqueue({ op: "media", data });
   }
 
+  /** Jobs waiting or running. */
+  get pending() {
+    return this.queue?.length ?? 0;
+  }
+
   /** End of the buffered range that holds `t` (or the last range's end). */
   bufferedEnd(t) {
     const ranges = this.sourceBuffer?.buffered ?? this.video.buffered;

@@ -29,6 +29,7 @@ const state = {
   captions: [],
   lastMetrics: null,
   errors: [],
+  lastCancelled: null,
   finishedTurns: new Set(),
   fps: 0,
   framesPresented: 0,
@@ -204,6 +205,7 @@ function onTurnCompleted(m) {
 }
 
 function onTurnCancelled(m) {
+  state.lastCancelled = m;
   const turn = state.turn && state.turn.id === m.turn_id ? state.turn : null;
   if (!turn) return;
   endTurn(turn, "cancelled");
@@ -257,7 +259,10 @@ function onMedia({ kind, header, payload }) {
     if (turn.start === null) turn.start = header.start;
     appended.then(() => startSpeaking(turn)).catch(() => {});
   }
-  if (header.last_in_turn && header.end > 0) turn.end = Math.max(turn.end ?? 0, header.end);
+  if (header.last_in_turn) {
+    appended.then(() => { turn.lastSegmentIn = true; }).catch(() => {});
+    if (header.end > 0) turn.end = Math.max(turn.end ?? 0, header.end);
+  }
   showMetrics(turn);
 }
 
@@ -291,31 +296,32 @@ function unlockAudio() {
   if (ui.live.muted && ui.unmute.hidden) ui.live.muted = false;
 }
 
-ui.live.addEventListener("playing", () => {
-  const turn = state.turn;
-  if (turn && state.speaking && turn.playing === null) {
-    turn.playing = performance.now() - turn.sentAt;
-    showMetrics(turn);
-  }
-});
-
-/** Captions, end of speech and the frame-rate meter follow the video's own clock. */
-function tick() {
+/** Captions and the end of speech follow the video's own clock. */
+function follow() {
   const t = ui.live.currentTime;
   const turn = state.turn;
   if (state.speaking) {
     const caption = findCaption(t);
     const text = caption ? caption.text : "";
     if (ui.caption.textContent !== text) ui.caption.textContent = text;
-    const fps = state.session?.fps || 25;
-    const end = turn?.end ?? (turn?.completed ? sink.bufferedEnd(t) : null);
-    if (turn && end !== null && (turn.done || turn.completed) && t >= end - 0.5 / fps) {
-      endTurn(turn, turn.cancelled ? "cancelled" : "done");
-      stopSpeaking();
+    // The turn ends for the viewer when playback reaches the end of its media (the buffered
+    // end can sit a few ms before the span's end when audio and video tracks differ).
+    if (turn && (turn.completed || turn.lastSegmentIn) && sink.pending === 0) {
+      const end = Math.min(turn.end ?? Infinity, sink.bufferedEnd(t));
+      const fps = state.session?.fps || 25;
+      if (t >= end - 2 / fps) {
+        endTurn(turn, turn.cancelled ? "cancelled" : "done");
+        stopSpeaking();
+      }
     }
   }
+}
+
+function tick() {
+  follow();
   requestAnimationFrame(tick);
 }
+ui.live.addEventListener("timeupdate", follow); // rAF sleeps in background tabs
 
 function findCaption(t) {
   let word = null;
@@ -332,14 +338,25 @@ function meterFrames() {
   if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
   let windowStart = performance.now();
   let frames = 0;
-  const onFrame = (now) => {
-    frames += 1;
+  const onFrame = (now, metadata) => {
+    const turn = state.turn;
     state.framesPresented += 1;
-    if (now - windowStart >= 1000) {
-      state.fps = (frames * 1000) / (now - windowStart);
-      $("m-fps").textContent = state.fps.toFixed(1);
-      windowStart = now;
+    if (turn && state.speaking && turn.playing === null && turn.start !== null
+        && metadata.mediaTime >= turn.start - 0.02) {
+      turn.playing = performance.now() - turn.sentAt; // first frame of the reply on screen
+      showMetrics(turn);
+    }
+    if (!state.speaking || ui.live.paused) {
+      windowStart = now; // measure only while speech plays
       frames = 0;
+    } else {
+      frames += 1;
+      if (now - windowStart >= 1000) {
+        state.fps = (frames * 1000) / (now - windowStart);
+        $("m-fps").textContent = state.fps.toFixed(1);
+        windowStart = now;
+        frames = 0;
+      }
     }
     ui.live.requestVideoFrameCallback(onFrame);
   };

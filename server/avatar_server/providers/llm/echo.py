@@ -27,9 +27,7 @@ class EchoLanguageModel:
     def __init__(self, settings: Settings) -> None:
         self._token_delay_s = settings.echo_token_delay_s
 
-    def stream_reply(
-        self, messages: Sequence[ChatMessage], *, language: str
-    ) -> AsyncIterator[str]:
+    def stream_reply(self, messages: Sequence[ChatMessage], *, language: str) -> AsyncIterator[str]:
         """Yields the echo reply, one word (with its trailing space) at a time."""
         return self._stream(compose_echo_reply(messages, language))
 

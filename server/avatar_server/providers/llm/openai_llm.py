@@ -54,7 +54,8 @@ class OpenAILanguageModel:
         except openai.OpenAIError:
             raise AvatarError(
                 "the openai language model needs an API key: set AVATAR_OPENAI_API_KEY or "
-                "OPENAI_API_KEY (any non-empty value for servers without keys, e.g. vLLM or Ollama)",
+                "OPENAI_API_KEY (any non-empty value for servers without keys, e.g. vLLM, "
+                "Ollama)",
                 code=StatusCode.FAILED_PRECONDITION,
                 stage="llm",
             ) from None
@@ -66,9 +67,7 @@ class OpenAILanguageModel:
         self._first_token_timeout_s = settings.openai_timeout_s
         self._max_retries = max(0, settings.openai_max_retries)
 
-    def stream_reply(
-        self, messages: Sequence[ChatMessage], *, language: str
-    ) -> AsyncIterator[str]:
+    def stream_reply(self, messages: Sequence[ChatMessage], *, language: str) -> AsyncIterator[str]:
         """Yields the model's reply as text deltas, in order."""
         payload = [{"role": m.role, "content": m.content} for m in messages]
         return self._stream_with_retries(payload)

@@ -49,6 +49,11 @@ class SpeechSynthesizer(Protocol):
         """The voices on offer."""
         ...
 
+    async def load_voices(self) -> list[Voice]:
+        """Asks the provider for its full voice list, where it must be asked (once, at
+        start-up); `voices()` returns that list afterwards. Returns `voices()`."""
+        ...
+
     def default_voice(self, language: str) -> str:
         """The voice used when a session names none."""
         ...

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
-from avatar_server.providers.language import is_korean, split_sentences
+from avatar_server.providers.language import is_english, is_korean, split_sentences
 from avatar_server.providers.tts.base import SpeechAudio, Voice, WordTiming
 from avatar_server.providers.tts.espeak_engine import EspeakEngine, EspeakResult
 from avatar_server.settings import Settings
@@ -44,15 +44,21 @@ class EspeakSynthesizer:
         """espeak-en-us and espeak-ko."""
         return [Voice(name, language) for name, (_, language) in _VOICES.items()]
 
+    async def load_voices(self) -> list[Voice]:
+        """The voices are built in: nothing to ask."""
+        return self.voices()
+
     def default_voice(self, language: str) -> str:
-        """espeak-ko for Korean, espeak-en-us for English."""
+        """espeak-ko for Korean, espeak-en-us for English (or no language)."""
         if is_korean(language):
             return "espeak-ko"
-        if language.lower().split("-")[0] == "en":
+        if is_english(language):
             return "espeak-en-us"
         raise NotFound(f"espeak has no voice for language {language!r}", stage="tts")
 
-    async def synthesize(self, text: str, *, voice: str, language: str) -> AsyncIterator[SpeechAudio]:
+    async def synthesize(
+        self, text: str, *, voice: str, language: str
+    ) -> AsyncIterator[SpeechAudio]:
         """Yields one SpeechAudio per sentence of `text`, with its word timings."""
         if voice not in _VOICES:
             raise NotFound(
@@ -64,7 +70,10 @@ class EspeakSynthesizer:
                 result = await self._engine.synthesize(sentence, espeak_voice, self._rate_wpm)
             except RuntimeError as exc:
                 raise ProviderError(
-                    f"espeak-ng failed: {exc}", code=StatusCode.INTERNAL, stage="tts", retriable=False
+                    f"espeak-ng failed: {exc}",
+                    code=StatusCode.INTERNAL,
+                    stage="tts",
+                    retriable=False,
                 ) from exc
             if result.pcm.size:
                 yield SpeechAudio(result.pcm, result.sample_rate, word_timings(sentence, result))
@@ -75,7 +84,8 @@ class EspeakSynthesizer:
 
 def word_timings(text: str, result: EspeakResult) -> tuple[WordTiming, ...]:
     """Word timings from espeak's WORD events: a word lasts until the next word or clause
-    end, and never past the last voiced sample (the end pause is silence)."""
+    end, and never past the last voiced sample (the end pause is silence). espeak-ng
+    reports no event for some Korean words; the word before then spans them."""
     voiced = np.flatnonzero(np.abs(result.pcm.astype(np.int32)) >= _SILENCE_LEVEL)
     voiced_end_s = (voiced[-1] + 1) / result.sample_rate if voiced.size else 0.0
     boundaries_ms = sorted({w.start_ms for w in result.words} | set(result.clause_ends_ms))

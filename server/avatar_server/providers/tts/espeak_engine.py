@@ -88,7 +88,12 @@ class EspeakEngine:
         import espeakng_loader
 
         library = ctypes.CDLL(espeakng_loader.get_library_path())
-        library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        library.espeak_Initialize.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
         library.espeak_Initialize.restype = ctypes.c_int
         library.espeak_SetSynthCallback.argtypes = [_SynthCallback]
         library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -120,7 +125,9 @@ class EspeakEngine:
         self._pcm_chunks, self._words, self._clause_ends_ms = [], [], []
         encoded = text.encode("utf-8") + b"\0"
         flags = _CHARS_UTF8 | _ENDPAUSE
-        status = self._library.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, flags, None, None)
+        status = self._library.espeak_Synth(
+            encoded, len(encoded), 0, _POS_CHARACTER, 0, flags, None, None
+        )
         if status != 0:
             raise RuntimeError(f"espeak_Synth failed ({status})")
         pcm = np.concatenate(self._pcm_chunks) if self._pcm_chunks else np.zeros(0, np.int16)
@@ -134,7 +141,9 @@ class EspeakEngine:
         while events[index].type != _EVENT_LIST_TERMINATED:
             event = events[index]
             if event.type == _EVENT_WORD:
-                self._words.append(EspeakWord(event.text_position - 1, event.length, event.audio_position))
+                self._words.append(
+                    EspeakWord(event.text_position - 1, event.length, event.audio_position)
+                )
             elif event.type == _EVENT_END:
                 self._clause_ends_ms.append(event.audio_position)
             index += 1

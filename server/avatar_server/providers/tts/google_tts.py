@@ -20,7 +20,7 @@ from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
 )
 
 from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
-from avatar_server.providers.language import is_korean, split_sentences
+from avatar_server.providers.language import is_english, is_korean, split_sentences
 from avatar_server.providers.retry import sleep_before_retry
 from avatar_server.providers.tts.base import SpeechAudio, Voice
 from avatar_server.settings import Settings
@@ -65,8 +65,21 @@ class GoogleSpeechSynthesizer:
         return [Voice(self._voice_en, "en-US"), Voice(self._voice_ko, "ko-KR")]
 
     def default_voice(self, language: str) -> str:
-        """The configured Korean voice for Korean, else the configured English voice."""
-        return self._voice_ko if is_korean(language) else self._voice_en
+        """The configured Korean or English voice; for other languages a Chirp 3 HD (else
+        any) voice of that language, once the voice list is loaded."""
+        if is_korean(language):
+            return self._voice_ko
+        if is_english(language):
+            return self._voice_en
+        wanted = language.lower()
+        candidates = [
+            v.name
+            for v in self._known_voices or ()
+            if v.language.lower() == wanted or v.language.lower().startswith(wanted + "-")
+        ]
+        if not candidates:
+            raise NotFound(f"no Google TTS voice known for language {language!r}", stage="tts")
+        return next((name for name in candidates if "Chirp3" in name), candidates[0])
 
     async def load_voices(self) -> list[Voice]:
         """Asks the service for its voices (once) and remembers them."""
@@ -82,7 +95,9 @@ class GoogleSpeechSynthesizer:
             ]
         return list(self._known_voices)
 
-    async def synthesize(self, text: str, *, voice: str, language: str) -> AsyncIterator[SpeechAudio]:
+    async def synthesize(
+        self, text: str, *, voice: str, language: str
+    ) -> AsyncIterator[SpeechAudio]:
         """Yields the speech for `text`: chunk by chunk (Chirp 3 HD) or sentence by sentence."""
         known = await self.load_voices()
         match = next((v for v in known if v.name == voice), None)
@@ -116,12 +131,10 @@ class GoogleSpeechSynthesizer:
                 ),
             )
             response = await self._call(
-                lambda: self._get_client().synthesize_speech(
+                lambda request=request: self._get_client().synthesize_speech(
                     request=request, retry=None, timeout=self._timeout_s
                 )
             )
-            if response is None:  # grpc hands None for a message it could not parse
-                raise self._malformed("unreadable response message")
             pcm, sample_rate = self._decode_linear16(response.audio_content)
             if pcm.size:
                 yield SpeechAudio(pcm, sample_rate)
@@ -139,7 +152,9 @@ class GoogleSpeechSynthesizer:
             except ProviderError as error:
                 if said_something or not error.retriable or attempt >= self._max_retries:
                     raise
-                log.warning("tts stream attempt %d failed (%s); retrying", attempt + 1, error.message)
+                log.warning(
+                    "tts stream attempt %d failed (%s); retrying", attempt + 1, error.message
+                )
                 await sleep_before_retry(attempt)
                 attempt += 1
 
@@ -170,7 +185,9 @@ class GoogleSpeechSynthesizer:
                 usable = len(data) - len(data) % 2
                 leftover = data[usable:]
                 if usable:
-                    yield SpeechAudio(np.frombuffer(data[:usable], "<i2").astype(np.int16), self._sample_rate)
+                    yield SpeechAudio(
+                        np.frombuffer(data[:usable], "<i2").astype(np.int16), self._sample_rate
+                    )
         except google_errors.GoogleAPICallError as exc:
             raise self._provider_error(exc) from exc
         if leftover:
@@ -181,7 +198,7 @@ class GoogleSpeechSynthesizer:
         attempt = 0
         while True:
             try:
-                return await request()
+                response = await request()
             except google_errors.GoogleAPICallError as exc:
                 error = self._provider_error(exc)
                 if not error.retriable or attempt >= self._max_retries:
@@ -189,6 +206,10 @@ class GoogleSpeechSynthesizer:
                 log.warning("tts attempt %d failed (%s); retrying", attempt + 1, error.message)
                 await sleep_before_retry(attempt)
                 attempt += 1
+                continue
+            if response is None:  # grpc hands None for a message it could not parse
+                raise self._malformed("unreadable response message")
+            return response
 
     def _decode_linear16(self, audio: bytes) -> tuple[np.ndarray, int]:
         """LINEAR16 audio as int16 samples: a WAV file (as the service sends it) or raw PCM."""
@@ -236,7 +257,11 @@ class GoogleSpeechSynthesizer:
                 transport = TextToSpeechGrpcAsyncIOTransport(channel=channel)
                 self._client = tts.TextToSpeechAsyncClient(transport=transport)
             else:
-                options = {"api_endpoint": self._endpoint.removeprefix("https://")} if self._endpoint else None
+                options = (
+                    {"api_endpoint": self._endpoint.removeprefix("https://")}
+                    if self._endpoint
+                    else None
+                )
                 self._client = tts.TextToSpeechAsyncClient(
                     credentials=self._credentials, client_options=options
                 )
@@ -246,7 +271,9 @@ class GoogleSpeechSynthesizer:
 def _default_credentials() -> Any:
     """Application Default Credentials, or a clear error saying how to provide them."""
     try:
-        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
     except DefaultCredentialsError as exc:
         raise AvatarError(
             "Google TTS needs Application Default Credentials: set GOOGLE_APPLICATION_CREDENTIALS "

@@ -11,11 +11,12 @@ Admission control compares the sessions' frame rates with the throughput measure
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,16 +136,18 @@ class DittoEngine:
         }
         self._admitted: list[Admission] = []
         self._closing = False
+        self._paused = 0
         self._capacity = options.capacity_fps
         self._render_core: Callable[..., torch.Tensor] = self._stitch_warp_decode
         if options.compile_render:
             self._render_core = torch.compile(self._stitch_warp_decode, dynamic=False)
         self._graphs: dict[int, _GraphedSampler] = {}
+        self.graph_error = ""
         self._thread = threading.Thread(target=self._work, name="ditto-engine", daemon=True)
         self._thread.start()
         self.silence_feature: np.ndarray = self.submit_features(silence_chunk()[None]).result()[0, 0]
         if self._capacity <= 0:
-            self._capacity = self.call(self._measure_capacity).result()
+            self._capacity = self.measure_capacity()
 
     # ----- public API (any thread) -----------------------------------------------------------
     def submit_features(self, chunks: np.ndarray) -> Future:
@@ -174,6 +177,10 @@ class DittoEngine:
         """Runs `fn(*args)` on the worker thread (for per-avatar network calls)."""
         return self._submit("call", (fn, args))
 
+    def measure_capacity(self) -> float:
+        """Times full batches of each stage on the worker -> frames per second it can sustain."""
+        return self.call(self._time_full_batches).result()
+
     def capacity_fps(self) -> float:
         """Frames per second the engine sustains in total (measured or configured)."""
         return self._capacity
@@ -196,6 +203,18 @@ class DittoEngine:
             admission = Admission(self, fps)
             self._admitted.append(admission)
             return admission
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Holds new ticks while inside, so work submitted meanwhile is served as one batch."""
+        with self._lock:
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused -= 1
+                self._lock.notify_all()
 
     def close(self) -> None:
         """Stops the worker; queued jobs are cancelled."""
@@ -244,7 +263,7 @@ class DittoEngine:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._closing and not any(self._queues.values()):
+                while not self._closing and (self._paused or not any(self._queues.values())):
                     self._lock.wait()
                 if self._closing:
                     return
@@ -306,16 +325,28 @@ class DittoEngine:
             _pad(torch.stack([n[0] for n in noises]), size),
             _pad(torch.stack([n[1] for n in noises]), size),
         )
-        if self.options.graph_windows and self.device.type == "cuda":
-            graph = self._graphs.get(size)
-            if graph is None:
-                graph = self._graphs[size] = _GraphedSampler(self.networks.lmdm, self.steps, inputs)
+        graph = self._graph_for(size, inputs)
+        if graph is not None:
             motion = graph.run(inputs)
         else:
             motion = sample_motion(self.networks.lmdm, self.steps, *inputs)
         motion = motion[: len(jobs)].float().cpu().numpy()
         self._timed("lmdm_window", len(jobs), started)
         return list(motion)
+
+    def _graph_for(self, size: int, inputs: tuple[torch.Tensor, ...]) -> _GraphedSampler | None:
+        """The captured sampler for a batch size; None (eager) if graphs are off or capture failed."""
+        if not self.options.graph_windows or self.device.type != "cuda" or self.graph_error:
+            return None
+        if size not in self._graphs:
+            try:
+                self._graphs[size] = _GraphedSampler(self.networks.lmdm, self.steps, inputs)
+            except Exception as exc:  # e.g. a host copy inside the network: run eagerly instead
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                log.warning("CUDA graph capture of LMDM failed, running it eagerly: %s", self.graph_error)
+                torch.cuda.synchronize(self.device)
+                return None
+        return self._graphs[size]
 
     def _stitch_warp_decode(self, feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
         stitched = self.networks.stitch(kp_source, kp_driving)
@@ -353,8 +384,7 @@ class DittoEngine:
         return results
 
     @torch.inference_mode()
-    def _measure_capacity(self) -> float:
-        """Times full batches of each stage on random inputs -> sustainable frames per second."""
+    def _time_full_batches(self) -> float:
         net, sizes = self.networks, self.networks.sizes
         render_batch = max(self.options.render_batch_sizes)
         feature = torch.rand(render_batch, sizes.feature_channels, sizes.feature_depth, sizes.feature_size,

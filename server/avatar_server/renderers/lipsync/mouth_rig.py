@@ -17,7 +17,7 @@ from avatar_server.avatars.face_warp import Region, TpsRegion, backward_map, reg
 from avatar_server.avatars.landmarks import LandmarkGroups, mouth_width
 from avatar_server.renderers.lipsync.mouth_track import MouthPose
 
-JAW_DROP = 0.42  # lower-lip drop at full opening, in mouth widths
+JAW_DROP = 0.36  # lower-lip drop at full opening, in mouth widths
 SHAPES = ("open", "wide", "round")
 CAVITY = np.array([62, 22, 26], np.float32)
 TONGUE = np.array([150, 70, 75], np.float32)
@@ -56,8 +56,12 @@ class MouthRig:
 
         self._upper_inner = list(groups.lips_inner_upper)
         self._lower_inner = list(groups.lips_inner_lower)
-        corners = [groups.lips_outer_upper[0], groups.lips_outer_upper[-1],
-                   groups.lips_inner_upper[0], groups.lips_inner_upper[-1]]
+        corners = [
+            groups.lips_outer_upper[0],
+            groups.lips_outer_upper[-1],
+            groups.lips_inner_upper[0],
+            groups.lips_inner_upper[-1],
+        ]
         upper = list(groups.lips_outer_upper[1:-1] + groups.lips_inner_upper[1:-1])
         lower = list(groups.lips_outer_lower[1:-1] + groups.lips_inner_lower[1:-1])
         jaw = list(groups.jaw)
@@ -69,8 +73,10 @@ class MouthRig:
         shrink = int(np.ceil(max_shift))
         around = region_around(points, 0.35 * self.mouth_width, width, height)
         self.region = Region(
-            max(around.x0, shrink), max(around.y0, shrink),
-            min(around.x1, width - shrink), min(around.y1, height - shrink),
+            max(around.x0, shrink),
+            max(around.y0, shrink),
+            min(around.x1, width - shrink),
+            min(around.y1, height - shrink),
         )
         tps = TpsRegion(self.region, points, smoothing=2.0)
 
@@ -86,7 +92,12 @@ class MouthRig:
         is_lower = np.zeros(len(controls), bool)
         is_lower[len(corners) + len(upper) : len(corners) + len(upper) + len(lower)] = True
         is_jaw = np.zeros(len(controls), bool)
-        is_jaw[len(corners) + len(upper) + len(lower) : len(corners) + len(upper) + len(lower) + len(jaw)] = True
+        is_jaw[
+            len(corners) + len(upper) + len(lower) : len(corners)
+            + len(upper)
+            + len(lower)
+            + len(jaw)
+        ] = True
         middle = np.clip(1 - side**2, 0, 1)[:, None]
         outward = np.sign(side)[:, None] * across
 
@@ -95,7 +106,9 @@ class MouthRig:
         corner_moves = np.zeros((3, len(controls), 2))
         # open: the jaw drops and swings the lower lip and chin down; corners follow a little.
         lower_moves[0][is_lower] = drop * (1 - 0.45 * side[is_lower] ** 2)[:, None] * down
-        lower_moves[0][is_jaw] = 0.9 * drop * np.exp(-((chin_side[is_jaw] / 0.8) ** 2))[:, None] * down
+        lower_moves[0][is_jaw] = (
+            0.9 * drop * np.exp(-((chin_side[is_jaw] / 0.8) ** 2))[:, None] * down
+        )
         upper_moves[0][is_upper] = -0.12 * drop * middle[is_upper] * down
         corner_moves[0][is_corner] = 0.3 * drop * down - 0.04 * mw * outward[is_corner]
         # wide: corners pull out and slightly up, the lips stretch along.
@@ -104,8 +117,12 @@ class MouthRig:
         lower_moves[1][is_lower] = 0.09 * mw * stretch[is_lower] - 0.02 * mw * down
         corner_moves[1][is_corner] = 0.11 * mw * outward[is_corner] - 0.02 * mw * down
         # round: corners come in, the lips gather and pout.
-        upper_moves[2][is_upper] = -0.13 * mw * stretch[is_upper] - 0.05 * mw * middle[is_upper] * down
-        lower_moves[2][is_lower] = -0.13 * mw * stretch[is_lower] + 0.05 * mw * middle[is_lower] * down
+        upper_moves[2][is_upper] = (
+            -0.13 * mw * stretch[is_upper] - 0.05 * mw * middle[is_upper] * down
+        )
+        lower_moves[2][is_lower] = (
+            -0.13 * mw * stretch[is_lower] + 0.05 * mw * middle[is_lower] * down
+        )
         corner_moves[2][is_corner] = -0.16 * mw * outward[is_corner]
 
         # The inner contours move in pairs inside each layer: what the resting mouth
@@ -150,7 +167,9 @@ class MouthRig:
         bottom = rest + np.tensordot(weights, self._lower.moves[:, rows], 1)
         return top, bottom
 
-    def apply(self, frame: np.ndarray, pose: MouthPose, offset: np.ndarray, *, out: np.ndarray) -> None:
+    def apply(
+        self, frame: np.ndarray, pose: MouthPose, offset: np.ndarray, *, out: np.ndarray
+    ) -> None:
         """Writes the mouth region of `frame` moved to `pose` into `out`.
 
         `offset` (2,) is how far this frame's face sits from the rig's resting face.
@@ -158,8 +177,8 @@ class MouthRig:
         shift = np.round(offset).astype(int)
         region = self.region.shifted(int(shift[0]), int(shift[1]))
         weights = np.array([pose.open, pose.wide, pose.round], np.float32)
-        upper_source = backward_map(np.tensordot(weights, self._upper.fields, 1))
-        lower_source = backward_map(np.tensordot(weights, self._lower.fields, 1))
+        upper_source = backward_map(_blend(self._upper.fields, weights))
+        lower_source = backward_map(_blend(self._lower.fields, weights))
 
         upper, lower = self.inner_lips(pose, offset)
         origin = np.array([region.x0, region.y0], np.float32)
@@ -191,14 +210,23 @@ class MouthRig:
         weight = 0.5 + (self._rows - parting[None, :]) / (2 * softness[None, :])
         return np.clip(weight, 0.0, 1.0).astype(np.float32)[..., None]
 
-    def _paint_cavity(self, patch: np.ndarray, upper: np.ndarray, lower: np.ndarray, strength: float) -> None:
+    def _paint_cavity(
+        self, patch: np.ndarray, upper: np.ndarray, lower: np.ndarray, strength: float
+    ) -> None:
         """Paints the open mouth between the inner lip contours: dark cavity, teeth, tongue."""
-        box = region_around(np.concatenate([upper, lower]), 0.06 * self.mouth_width + 2, patch.shape[1], patch.shape[0])
+        box = region_around(
+            np.concatenate([upper, lower]),
+            0.06 * self.mouth_width + 2,
+            patch.shape[1],
+            patch.shape[0],
+        )
         if box.width <= 0 or box.height <= 0:
             return
         origin = np.array([box.x0, box.y0], np.float32)
         # Reach a little past the inner corners, where the resting mouth may show teeth.
-        reach = 0.05 * self.mouth_width * (upper[-1] - upper[0]) / np.linalg.norm(upper[-1] - upper[0])
+        reach = (
+            0.05 * self.mouth_width * (upper[-1] - upper[0]) / np.linalg.norm(upper[-1] - upper[0])
+        )
         upper, lower = upper.copy(), lower.copy()
         upper[0] -= reach
         lower[0] -= reach
@@ -217,16 +245,28 @@ class MouthRig:
         if not cavity.any():
             return
         teeth = np.minimum(_polygon_mask(shape, upper_teeth), cavity) * self._teeth_visibility
-        low_teeth = np.minimum(_polygon_mask(shape, lower_teeth), cavity) * 0.35
+        low_teeth = np.minimum(_polygon_mask(shape, lower_teeth), cavity) * 0.25
         tongue_mask = np.minimum(_polygon_mask(shape, tongue), cavity) * 0.6
 
         rows, cols = box.slices()
         region = patch[rows, cols].astype(np.float32)
-        inside = CAVITY + tongue_mask[..., None] * (TONGUE * 0.55 - CAVITY)
+        # Darker deeper in: the cavity's own mask, blurred, says how far inside a pixel is.
+        blur = int(0.12 * self.mouth_width) // 2 * 2 + 3
+        depth = cv2.GaussianBlur(cavity, (blur, blur), 0)[..., None]
+        inside = (CAVITY + tongue_mask[..., None] * (TONGUE * 0.55 - CAVITY)) * (1.3 - 0.6 * depth)
         inside = inside + teeth[..., None] * (self._teeth * 0.92 - inside)
         inside = inside + low_teeth[..., None] * (self._teeth * 0.7 - inside)
         alpha = cv2.GaussianBlur(cavity, (3, 3), 0)[..., None] * np.float32(strength)
         patch[rows, cols] = np.clip(region + alpha * (inside - region), 0, 255).astype(np.uint8)
+
+
+def _blend(fields: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted sum of per-shape fields (3, H, W, 2) -> (H, W, 2), skipping unused shapes."""
+    total = np.zeros(fields.shape[1:], np.float32)
+    for field, weight in zip(fields, weights, strict=True):
+        if weight > 1e-4:
+            cv2.scaleAdd(field, float(weight), total, total)
+    return total
 
 
 def _polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:

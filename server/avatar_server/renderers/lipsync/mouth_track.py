@@ -53,8 +53,8 @@ class LoudnessScale:
         self.peak_db = max(level_db, self.peak_db - decay_db, self.floor_db)
         if level_db < self.peak_db - GATE_DB:
             return 0.0
-        relative = 10 ** ((level_db - self.peak_db) / 20) / 0.7
-        return float(min(1.0, relative) ** 0.65)
+        relative = 10 ** ((level_db - self.peak_db) / 20)
+        return float(min(1.0, relative) ** 0.8)
 
 
 class MouthTrack:
@@ -62,7 +62,9 @@ class MouthTrack:
 
     def __init__(self, sample_rate: int, fps: int, scale: LoudnessScale) -> None:
         if sample_rate % fps:
-            raise ValueError(f"sample rate {sample_rate} is not a whole number of samples per frame at {fps} fps")
+            raise ValueError(
+                f"sample rate {sample_rate} is not a whole number of samples per frame at {fps} fps"
+            )
         self.hop = sample_rate // fps
         self.window = int(2 ** np.ceil(np.log2(self.hop * 1.5)))
         self.pad = (self.window - self.hop) // 2

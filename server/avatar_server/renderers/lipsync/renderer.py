@@ -45,15 +45,25 @@ class PreparedAvatar:
         self._fps = fps
         self._source_fps = assets.fps or fps
         landmarks = assets.landmarks.astype(np.float32)
-        stable = list(groups.nose[2:]) + [groups.left_eye_upper[0], groups.right_eye_upper[0], groups.chin]
+        stable = list(groups.nose[2:]) + [
+            groups.left_eye_upper[0],
+            groups.right_eye_upper[0],
+            groups.chin,
+        ]
         offsets = (landmarks[:, stable] - landmarks[0, stable]).mean(axis=1)
         self._seamless = len(frames) > 1 and _loops_seamlessly(frames)
         self._offsets = _smooth_offsets(offsets, circular=self._seamless)
         max_shift = float(np.abs(self._offsets).max()) + 1.0 if len(frames) > 1 else 0.0
         self.rig = MouthRig(frames[0], landmarks[0], groups, max_shift=max_shift)
         self._idle = (
-            IdleMotion(landmarks[0], groups, self.width, self.height, fps=fps,
-                       period_frames=int(IDLE_PERIOD_S * fps))
+            IdleMotion(
+                landmarks[0],
+                groups,
+                self.width,
+                self.height,
+                fps=fps,
+                period_frames=int(IDLE_PERIOD_S * fps),
+            )
             if len(frames) == 1
             else None
         )
@@ -84,8 +94,10 @@ class PreparedAvatar:
 
 def _loops_seamlessly(frames: np.ndarray) -> bool:
     """Whether the last frame runs into the first as smoothly as frames run into each other."""
-    small = [cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32) for f in frames]
-    steps = [np.abs(a - b).mean() for a, b in zip(small[:-1], small[1:])]
+    small = [
+        cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32) for f in frames
+    ]
+    steps = [np.abs(a - b).mean() for a, b in zip(small[:-1], small[1:], strict=True)]
     return float(np.abs(small[-1] - small[0]).mean()) <= 1.5 * float(np.median(steps)) + 0.5
 
 
@@ -102,7 +114,9 @@ def _smooth_offsets(offsets: np.ndarray, *, circular: bool) -> np.ndarray:
 class LipSyncSession:
     """One conversation's lip-sync state: the idle clock, the loudness scale and the last mouth pose."""
 
-    def __init__(self, avatar: PreparedAvatar, *, fps: int, sample_rate: int, timing: _DrawTiming) -> None:
+    def __init__(
+        self, avatar: PreparedAvatar, *, fps: int, sample_rate: int, timing: _DrawTiming
+    ) -> None:
         self.width = avatar.width
         self.height = avatar.height
         self._avatar = avatar
@@ -203,8 +217,14 @@ class LipSyncRenderer:
 
     def models(self) -> list[ModelDescription]:
         """No neural network: a signal-processing mouth model and a thin-plate-spline warp."""
-        return [ModelDescription(name="lipsync (audio features + TPS face warp)", runtime="numpy/opencv",
-                                 device="cpu", precision="fp32")]
+        return [
+            ModelDescription(
+                name="lipsync (audio features + TPS face warp)",
+                runtime="numpy/opencv",
+                device="cpu",
+                precision="fp32",
+            )
+        ]
 
     def capacity_fps(self) -> float:
         """Frames per second all cores could draw, from the frames drawn so far (0 before any)."""

@@ -26,7 +26,7 @@ class AppearanceSize:
 
 
 FULL = AppearanceSize()
-TINY = AppearanceSize(base=8, max_channels=16, volume_channels=4)
+TINY = AppearanceSize(base=4, max_channels=8, volume_channels=2)
 
 
 class AppearanceExtractor(nn.Module):

@@ -26,7 +26,7 @@ class DecoderSize:
 
 
 FULL = DecoderSize()
-TINY = DecoderSize(input_channels=16, output_channels=4, spade_hidden=8)
+TINY = DecoderSize(input_channels=4, output_channels=2, spade_hidden=2)
 
 
 class SpatialNorm(nn.Module):

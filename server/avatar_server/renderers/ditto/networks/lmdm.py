@@ -50,12 +50,19 @@ class Rotary(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("freqs", 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+        pair_swap = torch.zeros(dim, dim)
+        pair_swap[1::2, 0::2] = -torch.eye(dim // 2)
+        pair_swap[0::2, 1::2] = torch.eye(dim // 2)
+        self.register_buffer("pair_swap", pair_swap, persistent=False)  # x @ pair_swap = (-x1, x0, -x3, x2, ...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[-2], device=x.device, dtype=self.freqs.dtype)
-        angles = torch.repeat_interleave(positions[:, None] * self.freqs[None, :], 2, dim=-1).to(x.dtype)
-        pairs = x.unflatten(-1, (-1, 2))
-        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+        angles = (positions[:, None] * self.freqs.repeat_interleave(2)[None, :]).to(x.dtype)
+        if torch.onnx.is_in_onnx_export():  # the exporter mis-lowers the pairwise form; same maths
+            rotated = x @ self.pair_swap.to(x.dtype)
+        else:
+            pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+            rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).reshape(x.shape)
         return x * angles.cos() + rotated * angles.sin()
 
 
@@ -73,14 +80,20 @@ class Attention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = self._heads(F.linear(query, w_q, b_q))
-        k = self._heads(F.linear(key, w_k, b_k))
-        v = self._heads(F.linear(value, w_v, b_v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        q = self._heads(F.linear(query, w_q, b_q), (0, 2, 1, 3))
+        v = self._heads(F.linear(value, w_v, b_v), (0, 2, 1, 3))
+        if torch.onnx.is_in_onnx_export():
+            # Spelled out with one permute per operand: the TorchScript exporter mis-fuses the
+            # transposes of the SDPA / q @ k.transpose() forms of this graph.
+            k_t = self._heads(F.linear(key, w_k, b_k), (0, 2, 3, 1))
+            out = torch.softmax((q @ k_t) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, self._heads(F.linear(key, w_k, b_k), (0, 2, 1, 3)), v)
+        return self.out_proj(out.permute(0, 2, 1, 3).reshape(query.shape[0], query.shape[1], self.out_proj.in_features))
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+    def _heads(self, x: torch.Tensor, order: tuple[int, int, int, int]) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.reshape(batch, length, self.heads, width // self.heads).permute(*order)
 
 
 class CondEncoderLayer(nn.Module):
@@ -196,14 +209,14 @@ class MotionDiffusion(nn.Module):
         """x_start prediction; rows where `keep` is False use the learned null condition."""
         tokens = self.input_projection(torch.cat([x, cond_frame.unsqueeze(1).expand_as(x)], dim=-1))
         cond_tokens = self.cond_encoder(self.cond_projection(cond))
-        keep_tokens = keep.view(-1, 1, 1)
+        keep_tokens = keep[:, None, None]
         cond_tokens = torch.where(keep_tokens, cond_tokens, self.null_cond_embed.to(cond_tokens.dtype))
         cond_hidden = self.non_attn_cond_projection(cond_tokens.mean(dim=-2))
-        cond_hidden = torch.where(keep.view(-1, 1), cond_hidden, self.null_cond_hidden.to(cond_hidden.dtype))
+        cond_hidden = torch.where(keep[:, None], cond_hidden, self.null_cond_hidden.to(cond_hidden.dtype))
 
         time_hidden = self.time_mlp(time)
         time_cond = self.to_time_cond(time_hidden) + cond_hidden
-        time_tokens = self.to_time_tokens(time_hidden).view(time.shape[0], 2, -1)
+        time_tokens = self.to_time_tokens(time_hidden).view(time.shape[0], 2, self.size.latent)
         memory = self.norm_cond(torch.cat([cond_tokens, time_tokens], dim=-2))
 
         for layer in self.seqTransDecoder.stack:

@@ -45,11 +45,11 @@ class WarpSize:
 
 FULL = WarpSize()
 TINY = WarpSize(
-    volume_channels=4,
+    volume_channels=2,
     volume_depth=4,
-    output_base=4,
+    output_base=1,
     motion_base=4,
-    motion_cap=16,
+    motion_cap=8,
     compressed=1,
     hourglass_kernel=1,
     mask_kernel=1,
@@ -119,7 +119,7 @@ class DenseMotion(nn.Module):
         ).view(batch, kp + 1, channels, depth, height, width)
 
         heat = self._gaussian(kp_driving, grid) - self._gaussian(kp_source, grid)  # (B, K, D, H, W)
-        heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1).unsqueeze(2)
+        heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1).unsqueeze(2).to(warped.dtype)
 
         features = torch.cat([heat, warped], dim=2).view(batch, -1, depth, height, width)
         hidden = self.hourglass(features)
@@ -137,7 +137,11 @@ class DenseMotion(nn.Module):
 
 
 class WarpNetwork(nn.Module):
-    """(B, C, D, 64, 64) volume + keypoints (B, 21, 3) x2 -> occlusion-masked (B, 256, 64, 64) features."""
+    """(B, C, D, 64, 64) volume + keypoints (B, 21, 3) x2 -> occlusion-masked (B, 256, 64, 64) features.
+
+    Keypoints should stay float32 when the weights are fp16: coordinates, Gaussians and the
+    deformation field are computed in the keypoints' dtype, the convolutions in the volume's.
+    """
 
     def __init__(self, size: WarpSize = FULL) -> None:
         super().__init__()

@@ -1,0 +1,586 @@
+"""Scale-out run: Redis, nginx and avatar-server instances on loopback; drain, crash and load.
+
+    python bench/scaleout.py scenario [--instances 3] [--sessions 12] [--json out.json]
+    python bench/scaleout.py load --instances 1 3 --sessions 12 --seconds 60
+
+`scenario` is the acceptance run of issue 11: sessions spread over the
+instances through the balancer; one instance gets SIGTERM mid-turn (it drains)
+and another SIGKILL mid-turn (it crashes); every client reconnects through the
+balancer with its session id. It prints reconnect times and turns lost, and
+exits non-zero when a target is missed (no completed turn lost, no new session
+on a draining instance, nobody on the other instances disturbed, every
+reconnect resumed at the saved media clock).
+
+`load` measures completed turns per minute through the balancer with 1 and
+with 3 instances (CPU renderer) to show scaling; run it where there are cores.
+
+Parts: real redis-server, Debian's nginx with deploy/nginx's template, the
+`avatar-server` console script (echo-free: the language model is the FAKE
+OpenAI-compatible server of tests/provider_servers.py, which records every
+request so the run can check which history each turn was answered with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "gen" / "python")]
+
+from avatar.v1 import avatar_pb2 as pb  # noqa: E402
+from avatar.v1 import avatar_pb2_grpc as pb_grpc  # noqa: E402
+
+from bench.local_cluster import NginxBalancer, RedisServer, ServerInstance, missing_programs  # noqa: E402
+from provider_servers import FakeOpenAIServer  # noqa: E402
+
+# Statuses after which a client reconnects with its session id: a draining
+# instance says UNAVAILABLE; a crashed one shows up through nginx as a reset
+# stream (INTERNAL "Stream removed") or UNAVAILABLE.
+RECONNECT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
+FILLER = ("the quick brown fox jumps over the lazy dog while seven bright stars watch "
+          "the quiet river carry small boats past the old mill").split()
+
+
+def instance_env(redis_url: str, llm_url: str, workdir: Path, name: str, *, grace_s: float) -> dict[str, str]:
+    """Settings of one instance: the redis store, the fake LLM, local espeak and the CPU renderer."""
+    return {
+        "AVATAR_AUTH_DISABLED": "true",
+        "AVATAR_SESSION_STORE": "redis",
+        "AVATAR_REDIS_URL": redis_url,
+        "AVATAR_LLM": "openai",
+        "AVATAR_OPENAI_BASE_URL": llm_url,
+        "AVATAR_OPENAI_API_KEY": "fake-key-for-the-local-fake-server",
+        "AVATAR_TTS": "espeak",
+        "AVATAR_RENDERER": "lipsync",
+        "AVATAR_SHUTDOWN_GRACE_S": str(grace_s),
+        "AVATAR_DATA_DIR": str(workdir / f"data-{name}"),
+        "AVATAR_MAX_SESSIONS": "64",
+        "AVATAR_METRICS_PORT": "0",
+        "AVATAR_LOG_LEVEL": "INFO",
+    }
+
+
+class Cluster:
+    """Redis + fake LLM + N instances + nginx, all on loopback, torn down on exit."""
+
+    def __init__(self, instances: int, *, grace_s: float = 30.0, token_delay_s: float = 0.03) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="avatar-scaleout-"))
+        self.count = instances
+        self.grace_s = grace_s
+        self.llm = FakeOpenAIServer(token_delay_s=token_delay_s)
+        self.redis = RedisServer(self.workdir / "redis")
+        self.instances: list[ServerInstance] = []
+        self.balancer: NginxBalancer | None = None
+
+    def __enter__(self) -> Cluster:
+        self.llm.start()
+        self.redis.start()
+        for index in range(1, self.count + 1):
+            name = f"i{index}"
+            env = instance_env(self.redis.url, self.llm.url, self.workdir, name, grace_s=self.grace_s)
+            self.instances.append(ServerInstance(name, self.workdir / "instances", env))
+        for instance in self.instances:  # start in parallel: each loads its models
+            instance.start_process()
+        for instance in self.instances:
+            instance.wait_ready(timeout_s=180)
+        self.balancer = NginxBalancer(self.workdir / "nginx", [i.port for i in self.instances]).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.balancer is not None:
+            self.balancer.stop()
+        for instance in self.instances:
+            instance.stop()
+        self.redis.stop()
+        self.llm.stop()
+
+    @property
+    def target(self) -> str:
+        assert self.balancer is not None
+        return self.balancer.target
+
+    def instance(self, name: str) -> ServerInstance:
+        return next(i for i in self.instances if i.instance_id == name)
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class StreamEnd:
+    """The response stream ended (a status, or OK)."""
+
+    code: grpc.StatusCode
+    details: str
+    at: float
+
+
+@dataclass
+class Reconnect:
+    """One move of a session from a stream that ended to a new one."""
+
+    session: int
+    cause: str
+    from_instance: str
+    to_instance: str
+    seconds: float
+    attempts: int
+    resumed: bool
+    position_expected: int
+    position_resumed: int
+
+
+@dataclass
+class SessionLog:
+    """What one client saw, for the checks at the end."""
+
+    index: int
+    session_id: str = ""
+    instance: str = ""
+    instances: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)  # user texts of completed turns, in order
+    sent: list[tuple[str, list[str]]] = field(default_factory=list)  # (text, completed before it)
+    outcomes: dict[str, list[str]] = field(default_factory=dict)  # user text -> how each try ended
+    disturbances: list[tuple[float, str, str]] = field(default_factory=list)  # (time, instance, what)
+    position: int = 0
+    last_sequence: int = -1
+    sequence_jumps: list[tuple[int, int]] = field(default_factory=list)  # (expected, got)
+    in_flight: str = ""
+    in_flight_since: float = 0.0
+    lost_in_flight: list[str] = field(default_factory=list)
+
+
+class SessionClient:
+    """One conversation through the balancer that reconnects with its id when its stream ends."""
+
+    def __init__(self, index: int, target: str, reconnects: list[Reconnect], *, words: int) -> None:
+        self.log = SessionLog(index)
+        self.target = target
+        self.reconnects = reconnects
+        self.words = words
+        self.turn_number = 0
+        self.events: asyncio.Queue[pb.ConverseResponse | StreamEnd] = asyncio.Queue()
+        self.channel: grpc.aio.Channel | None = None
+        self.call: Any = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def connect(self, *, cause: str = "", from_instance: str = "", ended_at: float = 0.0) -> None:
+        """Opens (or resumes) the session, retrying while the balancer has no instance for it."""
+        started = ended_at or time.monotonic()
+        for attempt in range(1, 200):
+            try:
+                await self._open()
+                break
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RECONNECT_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED}:
+                    raise
+                await asyncio.sleep(min(0.05 * attempt, 0.5))
+        else:
+            raise RuntimeError(f"session {self.log.index} could not reconnect")
+        if cause:
+            self.reconnects.append(Reconnect(
+                self.log.index, cause, from_instance, self.log.instance, time.monotonic() - started,
+                attempt, self.resumed, self.log.position, self.resumed_position,
+            ))
+
+    async def _open(self) -> None:
+        await self._close_stream()
+        self.channel = grpc.aio.insecure_channel(self.target)
+        self.call = pb_grpc.AvatarServiceStub(self.channel).Converse()
+        config = pb.SessionConfig(session_id=self.log.session_id, language="en-US",
+                                  output=pb.OutputOptions(pcm_audio=False))
+        await self.call.write(pb.ConverseRequest(config=config))
+        first = await self.call.read()
+        if first is grpc.aio.EOF:
+            raise grpc.aio.AioRpcError(await self.call.code(), None, None, await self.call.details())
+        started = first.session_started
+        self.log.session_id = first.session_id
+        self.log.instance = started.instance_id
+        self.log.instances.append(started.instance_id)
+        self.resumed = started.resumed
+        self.resumed_position = started.media_position
+        self.events = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read(self.call, self.events))
+
+    @staticmethod
+    async def _read(call: Any, events: asyncio.Queue) -> None:
+        try:
+            async for response in call:
+                events.put_nowait(response)
+            events.put_nowait(StreamEnd(grpc.StatusCode.OK, "", time.monotonic()))
+        except grpc.aio.AioRpcError as error:
+            events.put_nowait(StreamEnd(error.code(), error.details() or "", time.monotonic()))
+        except asyncio.CancelledError:
+            pass
+
+    async def _close_stream(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.channel is not None:
+            await self.channel.close()
+        self.channel = self.call = self.reader = None
+
+    def next_text(self) -> str:
+        self.turn_number += 1
+        start = (self.log.index * 7 + self.turn_number) % len(FILLER)
+        words = [FILLER[(start + k) % len(FILLER)] for k in range(self.words)]
+        return f"session {self.log.index} turn {self.turn_number}: " + " ".join(words) + "."
+
+    async def turn(self, text: str) -> str:
+        """Runs one turn; on a stream end, reconnects (resending the turn if it did not finish)."""
+        while True:
+            self.log.sent.append((text, list(self.log.completed)))
+            try:
+                await self.call.write(pb.ConverseRequest(message=pb.UserMessage(text=text)))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # the stream already ended; its end is in the queue
+            outcome, end = await self._until_turn_end(text)
+            if end is None:
+                return outcome
+            cause = f"{end.code.name}: {end.details}"
+            if end.code not in RECONNECT_CODES:
+                raise RuntimeError(f"session {self.log.index}: stream ended with {cause}")
+            await self.connect(cause=cause, from_instance=self.log.instance, ended_at=end.at)
+            if outcome == "completed":
+                return outcome
+            # Not finished on the old instance: send it again on the new one.
+
+    async def _until_turn_end(self, text: str) -> tuple[str, StreamEnd | None]:
+        """('completed' | 'cancelled:<reason>' | 'error:<code>' | 'lost', the stream end if it came)."""
+        outcome = ""
+        while True:
+            event = await self.events.get()
+            if isinstance(event, StreamEnd):
+                if not outcome and self.log.in_flight:
+                    self.log.lost_in_flight.append(self.log.in_flight)
+                    self.log.in_flight = ""
+                return outcome or "lost", event
+            kind = event.WhichOneof("event")
+            if kind == "turn_started":
+                self.log.in_flight, self.log.in_flight_since = text, time.monotonic()
+            elif kind == "video_segment":
+                segment = event.video_segment
+                if self.log.last_sequence >= 0 and segment.sequence != self.log.last_sequence + 1:
+                    self.log.sequence_jumps.append((self.log.last_sequence + 1, segment.sequence))
+                self.log.last_sequence = segment.sequence
+            elif kind == "turn_completed":
+                self.log.completed.append(text)
+                self.log.position = event.span.end
+                outcome = "completed"
+            elif kind == "turn_cancelled":
+                self.log.position = event.span.end
+                outcome = f"cancelled:{event.turn_cancelled.reason}"
+                self._disturbed(outcome)
+            elif kind == "error":
+                outcome = f"error:{event.error.code}"
+                self._disturbed(f"error {event.error.code} {event.error.message}")
+            if outcome:
+                self.log.in_flight = ""
+                self.log.outcomes.setdefault(text, []).append(outcome)
+                return outcome, await self._stream_end_if_any()
+
+    async def _stream_end_if_any(self) -> StreamEnd | None:
+        """A stream end that follows right after the turn's last event (a draining instance's)."""
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            if isinstance(event, StreamEnd):
+                return event
+        return None
+
+    def _disturbed(self, what: str) -> None:
+        self.log.disturbances.append((time.monotonic(), self.log.instance, what))
+
+    async def close(self) -> None:
+        if self.call is not None:
+            try:
+                await self.call.done_writing()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass
+        await self._close_stream()
+
+
+async def converse_loop(client: SessionClient, stop: asyncio.Event, *, pause_s: float) -> None:
+    """Turn after turn until told to stop; a stream that ends between turns is resumed at once."""
+    while not stop.is_set():
+        await client.turn(client.next_text())
+        pause_until = time.monotonic() + pause_s
+        while True:
+            end = await client._stream_end_if_any()
+            if end is not None:
+                await client.connect(cause=f"{end.code.name}: {end.details}",
+                                     from_instance=client.log.instance, ended_at=end.at)
+            if time.monotonic() >= pause_until:
+                break
+            await asyncio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+async def server_info_instances(target: str, calls: int) -> list[str]:
+    """ServerInfo.instance_id of `calls` calls through the balancer (each call its own stream)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.AvatarServiceStub(channel)
+        return [(await stub.GetServerInfo(pb.GetServerInfoRequest())).instance_id for _ in range(calls)]
+
+
+async def probe_new_sessions(target: str, until: asyncio.Event, landed: Counter, refused: Counter) -> None:
+    """Opens short new sessions through the balancer while an instance drains: where do they land?"""
+    while not until.is_set():
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = pb_grpc.AvatarServiceStub(channel).Converse()
+            try:
+                await call.write(pb.ConverseRequest(config=pb.SessionConfig(output=pb.OutputOptions(video=False))))
+                first = await call.read()
+                landed[first.session_started.instance_id] += 1
+                await call.done_writing()
+            except grpc.aio.AioRpcError as error:
+                refused[f"{error.code().name}: {error.details()}"] += 1
+        await asyncio.sleep(0.2)
+
+
+async def wait_for_turn_in_flight(clients: list[SessionClient], instance: str, timeout_s: float = 60) -> int:
+    """Waits until a session on `instance` is well into a turn; returns how many are."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = [c for c in clients if c.log.instance == instance and c.log.in_flight
+                and time.monotonic() - c.log.in_flight_since > 0.3]
+        if busy:
+            return len(busy)
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"no turn in flight on {instance}")
+
+
+async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.05)
+
+
+def history_losses(client: SessionClient, llm_requests: list[dict[str, Any]], keep_turns: int) -> list[str]:
+    """Completed turns missing from the history a later turn of this session was answered with."""
+    history_of: dict[str, list[str]] = {}
+    for request in llm_requests:
+        users = [m["content"] for m in request["messages"] if m["role"] == "user"]
+        if users:
+            history_of.setdefault(users[-1], users[:-1])
+    lost = []
+    for text, completed_before in client.log.sent:
+        seen = history_of.get(text)
+        if seen is None:
+            continue  # never reached the model (e.g. sent to an instance that was going away)
+        lost += [turn for turn in completed_before[-keep_turns:] if turn not in seen]
+    return sorted(set(lost))
+
+
+async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    with Cluster(args.instances, grace_s=args.grace) as cluster:
+        target = cluster.target
+        report: dict[str, Any] = {"instances": args.instances, "sessions": args.sessions}
+        report["server_info_instances"] = dict(Counter(await server_info_instances(target, 3 * args.instances)))
+        reconnects: list[Reconnect] = []
+        clients = [SessionClient(i, target, reconnects, words=args.words) for i in range(args.sessions)]
+        await asyncio.gather(*(c.connect() for c in clients))
+        report["initial_spread"] = dict(Counter(c.log.instance for c in clients))
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(converse_loop(c, stop, pause_s=0.3)) for c in clients]
+        try:
+            await wait_until(lambda: all(c.log.completed for c in clients), 300, "first turns")
+
+            # --- SIGTERM mid-turn: drain ------------------------------------------------
+            victim = cluster.instances[0]
+            on_victim = [c.log.index for c in clients if c.log.instance == victim.instance_id]
+            await wait_for_turn_in_flight(clients, victim.instance_id)
+            before = {c.log.index: len(c.log.disturbances) for c in clients}
+            running = {c.log.index: c.log.in_flight for c in clients
+                       if c.log.index in on_victim and c.log.in_flight}
+            drain_started = time.monotonic()
+            victim.signal(signal.SIGTERM)
+            landed, refused, drained = Counter(), Counter(), asyncio.Event()
+            prober = asyncio.create_task(probe_new_sessions(target, drained, landed, refused))
+            exit_code = await asyncio.to_thread(victim.wait, args.grace + 30)
+            drained.set()
+            await prober
+            drain_s = time.monotonic() - drain_started
+            await wait_until(lambda: all(c.log.instance != victim.instance_id for c in clients), 60,
+                             "sessions leaving the drained instance")
+            report["drain"] = {
+                "instance": victim.instance_id,
+                "sessions_on_it": len(on_victim),
+                "exit_code": exit_code,
+                "seconds_to_exit": round(drain_s, 2),
+                "turns_running_at_sigterm": len(running),
+                "their_outcomes": dict(Counter(
+                    clients[index].log.outcomes.get(text, ["lost"])[0] for index, text in running.items()
+                )),
+                "new_sessions_landed": dict(landed),
+                "new_sessions_refused": dict(refused),
+                "others_disturbed": [
+                    d for c in clients if c.log.index not in on_victim
+                    for d in c.log.disturbances[before[c.log.index]:]
+                ],
+                "reconnects": [r.__dict__ for r in reconnects],
+            }
+            drain_reconnects = list(reconnects)
+            await wait_until(lambda: all(len(c.log.completed) >= 3 for c in clients), 300, "turns after drain")
+
+            # --- SIGKILL mid-turn: crash ------------------------------------------------
+            victim = cluster.instances[1]
+            on_victim = [c.log.index for c in clients if c.log.instance == victim.instance_id]
+            await wait_for_turn_in_flight(clients, victim.instance_id)
+            lost_before = sum(len(c.log.lost_in_flight) for c in clients)
+            victim.signal(signal.SIGKILL)
+            in_flight = sum(1 for c in clients if c.log.instance == victim.instance_id and c.log.in_flight)
+            await asyncio.to_thread(victim.wait, 10)
+            await wait_until(lambda: all(c.log.instance != victim.instance_id for c in clients), 60,
+                             "sessions leaving the killed instance")
+            kill_reconnects = reconnects[len(drain_reconnects):]
+            report["kill"] = {
+                "instance": victim.instance_id,
+                "sessions_on_it": len(on_victim),
+                "turns_in_flight_when_killed": in_flight,
+                "in_flight_turns_lost": sum(len(c.log.lost_in_flight) for c in clients) - lost_before,
+                "reconnects": [r.__dict__ for r in kill_reconnects],
+            }
+            completed_at_kill = {c.log.index: len(c.log.completed) for c in clients}
+            await wait_until(lambda: all(len(c.log.completed) > completed_at_kill[c.log.index] for c in clients),
+                             300, "turns after the crash")
+        finally:
+            stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        requests = list(cluster.llm.requests)
+        report["turns_completed"] = sum(len(c.log.completed) for c in clients)
+        report["completed_turns_lost"] = sorted(
+            lost for c in clients for lost in history_losses(c, requests, keep_turns=20)
+        )
+        report["video_sequence_jumps"] = {c.log.index: c.log.sequence_jumps for c in clients if c.log.sequence_jumps}
+        report["reconnect_seconds"] = _summary([r.seconds for r in reconnects])
+        report["reconnect_seconds_drain"] = _summary([r.seconds for r in drain_reconnects])
+        report["reconnect_seconds_kill"] = _summary([r.seconds for r in kill_reconnects])
+        report["failures"] = _failures(report, reconnects, args)
+        return report
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    return {"count": len(values), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+
+def _failures(report: dict[str, Any], reconnects: list[Reconnect], args: argparse.Namespace) -> list[str]:
+    """The acceptance targets this run missed (empty: all met)."""
+    failures = []
+    if set(report["server_info_instances"]) != {f"i{k}" for k in range(1, args.instances + 1)}:
+        failures.append(f"GetServerInfo through the balancer did not reach every instance: {report['server_info_instances']}")
+    if len(report["initial_spread"]) != args.instances:
+        failures.append(f"sessions not spread over all instances: {report['initial_spread']}")
+    drain = report["drain"]
+    if drain["new_sessions_landed"].get(drain["instance"]):
+        failures.append(f"{drain['new_sessions_landed'][drain['instance']]} new sessions landed on the draining instance")
+    if drain["others_disturbed"]:
+        failures.append(f"sessions on other instances noticed the drain: {drain['others_disturbed']}")
+    if drain["exit_code"] is None:
+        failures.append("the drained instance did not exit")
+    if report["completed_turns_lost"]:
+        failures.append(f"completed turns lost: {report['completed_turns_lost']}")
+    if report["kill"]["in_flight_turns_lost"] > report["kill"]["sessions_on_it"]:
+        failures.append("more turns lost on SIGKILL than sessions it held")
+    lost_in_drain = report["drain"]["their_outcomes"].get("lost", 0)
+    if lost_in_drain:
+        failures.append(f"{lost_in_drain} turns running at SIGTERM ended neither completed nor cancelled")
+    for move in reconnects:
+        if not move.resumed:
+            failures.append(f"session {move.session} was not resumed after {move.cause}")
+        elif move.position_resumed != move.position_expected:
+            failures.append(f"session {move.session} resumed at {move.position_resumed}, expected {move.position_expected}")
+    return failures
+
+
+# --------------------------------------------------------------------------- load
+
+
+async def run_load(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"sessions": args.sessions, "seconds": args.seconds, "cpu_count": os.cpu_count()}
+    for count in args.instances_list:
+        with Cluster(count, token_delay_s=0.0) as cluster:
+            reconnects: list[Reconnect] = []
+            clients = [SessionClient(i, cluster.target, reconnects, words=args.words) for i in range(args.sessions)]
+            await asyncio.gather(*(c.connect() for c in clients))
+            stop = asyncio.Event()
+            loops = [asyncio.create_task(converse_loop(c, stop, pause_s=0.0)) for c in clients]
+            await asyncio.sleep(args.warmup)
+            first = sum(len(c.log.completed) for c in clients)
+            started = time.monotonic()
+            await asyncio.sleep(args.seconds)
+            turns = sum(len(c.log.completed) for c in clients) - first
+            elapsed = time.monotonic() - started
+            stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            results[f"{count}_instances"] = {
+                "turns": turns, "turns_per_minute": round(turns * 60 / elapsed, 1),
+                "spread": dict(Counter(c.log.instance for c in clients)),
+            }
+    if len(args.instances_list) >= 2:
+        low, high = (results[f"{n}_instances"]["turns_per_minute"] for n in args.instances_list[:2])
+        results["scaling"] = round(high / low, 2) if low else None
+    return results
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    scenario = sub.add_parser("scenario", help="drain + crash + reconnect acceptance run")
+    scenario.add_argument("--instances", type=int, default=3)
+    scenario.add_argument("--sessions", type=int, default=12)
+    scenario.add_argument("--words", type=int, default=14, help="words per user message (turn length)")
+    scenario.add_argument("--grace", type=float, default=30.0, help="AVATAR_SHUTDOWN_GRACE_S of the instances")
+    load = sub.add_parser("load", help="turns per minute through the balancer, 1 vs 3 instances")
+    load.add_argument("--instances", dest="instances_list", type=int, nargs="+", default=[1, 3])
+    load.add_argument("--sessions", type=int, default=12)
+    load.add_argument("--words", type=int, default=10)
+    load.add_argument("--seconds", type=float, default=60.0)
+    load.add_argument("--warmup", type=float, default=10.0)
+    for each in (scenario, load):
+        each.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    if missing := missing_programs():
+        print(f"scaleout: not installed: {', '.join(missing)} (apt-get install -y redis-server nginx-light)")
+        return 2
+    report = asyncio.run(run_scenario(args) if args.mode == "scenario" else run_load(args))
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    failures = report.get("failures", [])
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    if args.mode == "scenario":
+        print(f"reconnect seconds: {report['reconnect_seconds']}; "
+              f"completed turns lost: {len(report['completed_turns_lost'])}; "
+              f"in-flight turns lost on SIGKILL: {report['kill']['in_flight_turns_lost']}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Acceptance: the player page in a real headless Chromium, via avatar-web, against avatar-server.
+
+The service is the real `avatar-server` subprocess on embedded defaults (echo LLM, espeak TTS,
+CPU lip-sync renderer; conftest's `service_process`), the bridge the real `avatar-web` process.
+Screenshots go to artifacts/web/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, VENV_BIN, ServiceProcess, free_port, stop_process
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ARTIFACTS = REPO / "artifacts" / "web"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run",
+]
+TURN_TIMEOUT_MS = 90_000
+
+SNAPSHOT = """() => {
+  const v = document.getElementById('live');
+  const s = window.avatarPlayer.state;
+  const ranges = [];
+  for (let i = 0; i < v.buffered.length; i += 1) ranges.push([v.buffered.start(i), v.buffered.end(i)]);
+  const q = v.getVideoPlaybackQuality();
+  return {
+    t: v.currentTime, paused: v.paused, readyState: v.readyState, buffered: ranges,
+    speaking: s.speaking, screenSpeaking: document.getElementById('screen').dataset.speaking,
+    caption: document.getElementById('caption').textContent,
+    captions: s.captions.map(c => [c.start, c.end, c.text]),
+    decodedFrames: q.totalVideoFrames, videoWidth: v.videoWidth,
+    turn: s.turn && {id: s.turn.id, start: s.turn.start, end: s.turn.end, done: s.turn.done,
+                     cancelled: s.turn.cancelled},
+    session: s.session && {id: s.session.session_id, resumed: s.session.resumed},
+    sessionsStarted: s.sessionsStarted, errors: s.errors, mseErrors: window.avatarPlayer.sink.errors,
+    mime: window.avatarPlayer.sink.mime,
+    idleT: document.getElementById('idle').currentTime,
+    idlePaused: document.getElementById('idle').paused,
+  };
+}"""
+
+# The live video's current picture, 64x64 grey levels (the page and its media are same-origin).
+PIXELS = """() => {
+  const v = document.getElementById('live');
+  const c = document.createElement('canvas');
+  c.width = 64; c.height = 64;
+  const g = c.getContext('2d', {willReadFrequently: true});
+  g.drawImage(v, 0, 0, 64, 64);
+  const d = g.getImageData(0, 0, 64, 64).data;
+  const out = [];
+  for (let i = 0; i < d.length; i += 4) out.push((d[i] + d[i + 1] + d[i + 2]) / 3);
+  return out;
+}"""
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    return path
+
+
+class Bridge:
+    """An `avatar-web` subprocess that can be restarted on the same port."""
+
+    def __init__(self, grpc_target: str, videos_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = grpc_target
+        self.env = dict(os.environ, AVATAR_WEB_HOST="127.0.0.1",
+                        AVATAR_WEB_VIDEOS_DIR=str(videos_dir))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "avatar-web"), "--port", str(self.port), "--grpc", self.grpc_target],
+            env=self.env, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"avatar-web exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        raise TimeoutError("avatar-web did not come up")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def bridge(service_process: ServiceProcess, tmp_path_factory) -> Iterator[Bridge]:
+    bridge = Bridge(service_process.target, tmp_path_factory.mktemp("web-videos"))
+    bridge.start()
+    yield bridge
+    bridge.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    executable = _chromium()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _open_page(browser, bridge: Bridge, query: str = "", viewport=(1100, 760)):
+    # bypass_csp lets Playwright's polling helpers run; the page itself keeps its strict CSP.
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                  bypass_csp=True)
+    page = context.new_page()
+    page.goto(f"{bridge.url}/{query}")
+    page.wait_for_function("window.avatarPlayer && window.avatarPlayer.state.session !== null",
+                           timeout=30_000)
+    return page
+
+
+@pytest.fixture
+def page(browser, bridge):
+    page = _open_page(browser, bridge)
+    yield page
+    page.context.close()
+
+
+def _say(page, text: str) -> None:
+    page.fill("#input", text)
+    page.click("#send")
+
+
+def _wait_speaking(page) -> None:
+    page.wait_for_function("window.avatarPlayer.state.speaking && "
+                           "document.getElementById('live').currentTime > 0.2 + "
+                           "(window.avatarPlayer.state.turn.start || 0)", timeout=TURN_TIMEOUT_MS)
+
+
+def _wait_silent(page) -> None:
+    page.wait_for_function("!window.avatarPlayer.state.speaking && "
+                           "window.avatarPlayer.state.turn && window.avatarPlayer.state.turn.done",
+                           timeout=TURN_TIMEOUT_MS)
+
+
+def _brightness(page) -> float:
+    png = page.locator("#screen").screenshot()
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return float(image.mean())
+
+
+def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
+    facts = {k: page.text_content(f"#fact-{k}") for k in ("renderer", "voice", "llm")}
+    assert facts["renderer"] == "lipsync" and facts["llm"] == "echo" and facts["voice"] != "–"
+    idle_before = page.evaluate(SNAPSHOT)["idleT"]
+
+    _say(page, "Hello there! The quick brown fox jumps over the lazy dog, twice over.")
+    page.wait_for_selector("#log li.avatar", timeout=TURN_TIMEOUT_MS)
+    page.wait_for_function("document.querySelector('#log li.avatar').textContent"
+                           ".includes('quick brown fox')", timeout=TURN_TIMEOUT_MS)
+    # The idle loop plays while the reply is being prepared; nothing on screen is black.
+    brightness = [_brightness(page)]
+    _wait_speaking(page)
+    brightness.append(_brightness(page))
+
+    samples = []
+    for _ in range(8):
+        snap = page.evaluate(SNAPSHOT)
+        if not snap["speaking"]:
+            break
+        samples.append((snap, np.array(page.evaluate(PIXELS))))
+        brightness.append(_brightness(page))
+        page.wait_for_timeout(250)
+    page.screenshot(path=str(ARTIFACTS / "turn-speaking.png"))
+    first = samples[0][0]
+    assert first["mime"] and page.evaluate(f"MediaSource.isTypeSupported({first['mime']!r})")
+    assert first["videoWidth"] > 0 and first["decodedFrames"] > 0, "H.264 was not decoded"
+    assert not first["errors"] and not first["mseErrors"]
+    times = [s["t"] for s, _ in samples]
+    # currentTime only moves forward and advances over the samples (a CPU renderer slower than
+    # real time may make the video wait for its next segment now and then).
+    assert len(samples) >= 3 and all(b >= a for a, b in zip(times, times[1:])), times
+    assert times[-1] > times[0] + 0.5, times
+    changes = [float(np.abs(b - a).mean()) for (_, a), (_, b) in zip(samples, samples[1:])]
+    assert max(changes) > 0.3, f"frames did not change while speaking: {changes}"
+    # Captions follow the video clock: the one shown is the one whose span holds currentTime.
+    shown = 0
+    for snap, _ in samples:
+        covering = [text for start, end, text in snap["captions"] if start <= snap["t"] < end]
+        if snap["caption"]:
+            shown += 1
+            assert snap["caption"] in covering, (snap["t"], snap["caption"], snap["captions"])
+    assert shown > 0
+    for cell in ("#m-text", "#m-video", "#m-audio"):
+        assert page.text_content(cell) != "–"
+
+    _wait_silent(page)
+    end = page.evaluate(SNAPSHOT)
+    assert end["screenSpeaking"] == "false" and end["paused"]
+    page.wait_for_timeout(400)
+    after = page.evaluate(SNAPSHOT)
+    assert not after["idlePaused"] and after["idleT"] != idle_before, "idle loop is not playing"
+    brightness.append(_brightness(page))
+    assert min(brightness) > 20, f"a black frame on screen: {brightness}"
+    page.screenshot(path=str(ARTIFACTS / "turn-done.png"))
+
+    # A second turn continues the same SourceBuffer on the same media clock, without a gap.
+    _say(page, "And one more sentence, please.")
+    _wait_speaking(page)
+    second = page.evaluate(SNAPSHOT)
+    assert second["turn"]["start"] >= end["turn"]["end"] - 0.05
+    assert second["t"] > end["t"]
+    assert len(second["buffered"]) == 1 and second["buffered"][0][0] < 0.1, second["buffered"]
+    _wait_silent(page)
+
+
+def test_interrupt_stops_the_avatar_at_once(page):
+    _say(page, "Please read this long passage. " + "It keeps going with many words. " * 8)
+    _wait_speaking(page)
+    page.click("#stop")
+    page.wait_for_function("!window.avatarPlayer.state.speaking", timeout=2_000)
+    snap = page.evaluate(SNAPSHOT)
+    assert snap["paused"] and snap["turn"]["cancelled"] and snap["screenSpeaking"] == "false"
+    page.wait_for_function("window.avatarPlayer.state.lastCancelled !== null", timeout=15_000)
+    cancelled = page.evaluate("window.avatarPlayer.state.lastCancelled")
+    assert cancelled["reason"] == "interrupted" and cancelled["turn_id"] == snap["turn"]["id"]
+    page.wait_for_timeout(1000)
+    later = page.evaluate(SNAPSHOT)
+    assert later["paused"] and later["t"] == snap["t"] and not later["speaking"]
+    assert page.get_attribute("#log li.avatar", "data-state") == "cancelled"
+    page.screenshot(path=str(ARTIFACTS / "interrupted.png"))
+    # The session goes on: a new turn plays from the turn's own start.
+    _say(page, "Short reply now.")
+    _wait_speaking(page)
+    _wait_silent(page)
+
+
+def test_page_reconnects_and_resumes_after_the_bridge_restarts(page, bridge):
+    _say(page, "Before the restart.")
+    _wait_speaking(page)
+    _wait_silent(page)
+    before = page.evaluate(SNAPSHOT)
+    page.evaluate("window.__sink = window.avatarPlayer.sink.mediaSource")
+    bridge.stop()
+    page.wait_for_function("document.getElementById('conn').dataset.state === 'closed'",
+                           timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "reconnecting.png"))
+    bridge.start()
+    page.wait_for_function("window.avatarPlayer.state.sessionsStarted === 2", timeout=15_000)
+    after = page.evaluate(SNAPSHOT)
+    assert after["session"]["id"] == before["session"]["id"] and after["session"]["resumed"]
+    assert page.evaluate("window.__sink === window.avatarPlayer.sink.mediaSource"), \
+        "a resumed session keeps its MediaSource"
+    _say(page, "After the restart.")
+    _wait_speaking(page)
+    resumed = page.evaluate(SNAPSHOT)
+    assert resumed["turn"]["start"] >= before["turn"]["end"] - 0.05  # the media clock went on
+    assert resumed["t"] > before["t"]
+    _wait_silent(page)
+    assert not page.evaluate(SNAPSHOT)["mseErrors"]
+
+
+def test_phone_width_and_korean_text(browser, bridge):
+    page = _open_page(browser, bridge, "?lang=ko-KR", viewport=(390, 844))
+    try:
+        _say(page, "안녕하세요, 만나서 반갑습니다. Hello!")
+        page.wait_for_function("document.querySelector('#log li.avatar') && document"
+                               ".querySelector('#log li.avatar').textContent.includes('반갑습니다')",
+                               timeout=TURN_TIMEOUT_MS)
+        _wait_speaking(page)
+        page.screenshot(path=str(ARTIFACTS / "phone-korean.png"), full_page=True)
+        layout = page.evaluate("""() => ({
+            scroll: document.documentElement.scrollWidth, width: innerWidth,
+            screen: document.getElementById('screen').getBoundingClientRect().width,
+            lang: document.documentElement.lang,
+            hangul: document.fonts.check('16px sans-serif', '안녕')})""")
+        assert layout["scroll"] <= layout["width"], layout
+        assert layout["screen"] > 300 and layout["lang"] == "ko"
+        _wait_silent(page)
+    finally:
+        page.context.close()
