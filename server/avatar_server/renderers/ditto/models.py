@@ -35,6 +35,9 @@ __all__ = [
     "require_checkpoints",
 ]
 
+# The diffusion schedule the LMDM was trained with (for the DDIM loop): 1000 cosine steps,
+# `networks.lmdm.cosine_alphas_cumprod()` gives the cumulative alphas, guidance weight 2 is inside `lmdm`.
+
 
 @dataclass(frozen=True)
 class NetworkSizes:
@@ -150,29 +153,36 @@ class DittoNetworks(Protocol):
 
 
 def load_networks(
-    checkpoints: Path, *, runtime: str, device: str = "auto", precision: str | None = None
+    checkpoints: Path,
+    *,
+    runtime: str,
+    device: str = "auto",
+    precision: str | None = None,
+    engine_dir: Path | None = None,
 ) -> DittoNetworks:
     """Loads the networks of a checkpoints folder (official layout) with one runtime.
 
     runtime: "pytorch" (ditto_pytorch/models/*.pth), "onnx" (ditto_onnx/*.onnx) or "tensorrt"
-    (engines built by `make engines`, or prebuilt ones). device: "auto" (cuda if available),
-    "cpu", "cuda" or "cuda:N". precision: None (fp16 on CUDA, fp32 on CPU), "fp32" or "fp16".
-    Raises CheckpointsError (FAILED_PRECONDITION) naming every missing or malformed file and how
-    to get the real weights, before anything heavy is loaded.
+    (engines built by `make engines` into checkpoints/ditto_trt_sm<XY>_trt<M.m>/, or `engine_dir`).
+    device: "auto" (cuda if available), "cpu", "cuda" or "cuda:N". precision: None (fp16 on CUDA,
+    fp32 on CPU), "fp32" or "fp16" (ONNX: fp32 only). HuBERT always runs with ONNX Runtime.
+    Raises CheckpointsError (FAILED_PRECONDITION, stage "startup") naming every missing or
+    malformed file and how to get the real weights, before anything heavy is loaded. Slow (seconds
+    to a minute): call it once per process, off the event loop.
     """
-    require_checkpoints(Path(checkpoints), runtime)
+    root = Path(checkpoints)
     if runtime == "pytorch":
         from avatar_server.renderers.ditto.runtimes.torch_runtime import TorchNetworks
 
-        return TorchNetworks.load(Path(checkpoints), device=device, precision=precision)
+        return TorchNetworks.load(root, device=device, precision=precision)
     if runtime == "onnx":
         from avatar_server.renderers.ditto.runtimes.onnx_runtime import OnnxNetworks
 
-        return OnnxNetworks.load(Path(checkpoints), device=device, precision=precision)
+        return OnnxNetworks.load(root, device=device, precision=precision)
     if runtime == "tensorrt":
         from avatar_server.renderers.ditto.runtimes.tensorrt_runtime import TensorRTNetworks
 
-        return TensorRTNetworks.load(Path(checkpoints), device=device, precision=precision)
+        return TensorRTNetworks.load(root, device=device, precision=precision, engine_dir=engine_dir)
     raise CheckpointsError(f"unknown Ditto runtime {runtime!r}: use pytorch, onnx or tensorrt")
 
 

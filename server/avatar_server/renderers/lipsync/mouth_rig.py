@@ -21,7 +21,7 @@ JAW_DROP = 0.36  # lower-lip drop at full opening, in mouth widths
 SHAPES = ("open", "wide", "round")
 CAVITY = np.array([62, 22, 26], np.float32)
 TONGUE = np.array([150, 70, 75], np.float32)
-DEFAULT_TEETH = np.array([228, 222, 210], np.float32)
+DEFAULT_TEETH = np.array([222, 214, 200], np.float32)
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,11 @@ class MouthRig:
         self._rest_inner_upper = landmarks[self._upper_inner].astype(np.float32)
         self._rest_inner_lower = landmarks[self._lower_inner].astype(np.float32)
         self._down = down.astype(np.float32)
-        rest_gap = self._gap(self._rest_inner_upper, self._rest_inner_lower)
         # Paint teeth only where the resting mouth shows none of its own.
-        self._teeth_visibility = float(np.clip(1 - rest_gap / (0.08 * self.mouth_width), 0, 1))
-        self._teeth = _teeth_colour(rest_frame, self._rest_inner_upper, self._rest_inner_lower)
+        self._teeth, own_teeth = _resting_teeth(
+            rest_frame, self._rest_inner_upper, self._rest_inner_lower
+        )
+        self._teeth_visibility = 1.0 - own_teeth
         self._rows = np.arange(self.region.height, dtype=np.float32)[:, None]
         self._cols = np.arange(self.region.width, dtype=np.float32)
 
@@ -276,15 +277,22 @@ def _polygon_mask(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32) / 255.0
 
 
-def _teeth_colour(frame: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """The colour of the avatar's own teeth if its resting mouth shows some, else a natural white."""
+def _resting_teeth(
+    frame: np.ndarray, upper: np.ndarray, lower: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """(teeth colour, how much the resting mouth shows its own teeth, 0..1).
+
+    Teeth are the bright, unsaturated pixels between the inner lip contours; with
+    none there the colour is a natural white.
+    """
     height, width = frame.shape[:2]
     mask = np.zeros((height, width), np.uint8)
     cv2.fillPoly(mask, [np.round(np.concatenate([upper, lower[::-1]])).astype(np.int32)], 1)
     pixels = frame[mask.astype(bool)].astype(np.float32)
     if len(pixels) < 12:
-        return DEFAULT_TEETH
-    brightness = pixels.mean(axis=1)
-    bright = pixels[brightness >= np.percentile(brightness, 70)]
-    colour = np.median(bright, axis=0)
-    return colour if colour.mean() > 120 else DEFAULT_TEETH
+        return DEFAULT_TEETH, 0.0
+    toothy = (pixels.mean(axis=1) > 130) & (np.ptp(pixels, axis=1) < 80)
+    share = float(toothy.mean())
+    if share < 0.15:
+        return DEFAULT_TEETH, 0.0
+    return np.median(pixels[toothy], axis=0), min(1.0, share / 0.4)
