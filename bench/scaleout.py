@@ -161,7 +161,10 @@ class SessionLog:
     sequence_jumps: list[tuple[int, int]] = field(default_factory=list)  # (expected, got)
     in_flight: str = ""
     in_flight_since: float = 0.0
+    in_flight_segments: int = 0
     lost_in_flight: list[str] = field(default_factory=list)
+    segments: int = 0
+    lost_segments_played: int = 0  # segments of turns lost in a crash that the player already had
 
 
 class SessionClient:
@@ -219,9 +222,9 @@ class SessionClient:
     @staticmethod
     async def _read(call: Any, events: asyncio.Queue) -> None:
         try:
-            async for response in call:
+            while (response := await call.read()) is not grpc.aio.EOF:  # read(), like the opening
                 events.put_nowait(response)
-            events.put_nowait(StreamEnd(grpc.StatusCode.OK, "", time.monotonic()))
+            events.put_nowait(StreamEnd(await call.code(), await call.details() or "", time.monotonic()))
         except grpc.aio.AioRpcError as error:
             events.put_nowait(StreamEnd(error.code(), error.details() or "", time.monotonic()))
         except asyncio.CancelledError:
@@ -267,13 +270,17 @@ class SessionClient:
             if isinstance(event, StreamEnd):
                 if not outcome and self.log.in_flight:
                     self.log.lost_in_flight.append(self.log.in_flight)
+                    self.log.lost_segments_played += self.log.in_flight_segments
                     self.log.in_flight = ""
                 return outcome or "lost", event
             kind = event.WhichOneof("event")
             if kind == "turn_started":
                 self.log.in_flight, self.log.in_flight_since = text, time.monotonic()
+                self.log.in_flight_segments = 0
             elif kind == "video_segment":
                 segment = event.video_segment
+                self.log.segments += 1
+                self.log.in_flight_segments += 1
                 if self.log.last_sequence >= 0 and segment.sequence != self.log.last_sequence + 1:
                     self.log.sequence_jumps.append((self.log.last_sequence + 1, segment.sequence))
                 self.log.last_sequence = segment.sequence
@@ -373,20 +380,25 @@ async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: i
         await asyncio.sleep(0.05)
 
 
-def history_losses(client: SessionClient, llm_requests: list[dict[str, Any]], keep_turns: int) -> list[str]:
-    """Completed turns missing from the history a later turn of this session was answered with."""
+def history_losses(
+    client: SessionClient, llm_requests: list[dict[str, Any]], keep_turns: int
+) -> tuple[list[str], int]:
+    """Completed turns missing from the history a later turn of this session was answered with,
+    and how many (later turn, earlier completed turn) pairs were checked."""
     history_of: dict[str, list[str]] = {}
     for request in llm_requests:
         users = [m["content"] for m in request["messages"] if m["role"] == "user"]
         if users:
             history_of.setdefault(users[-1], users[:-1])
-    lost = []
+    lost, checked = [], 0
     for text, completed_before in client.log.sent:
         seen = history_of.get(text)
         if seen is None:
             continue  # never reached the model (e.g. sent to an instance that was going away)
-        lost += [turn for turn in completed_before[-keep_turns:] if turn not in seen]
-    return sorted(set(lost))
+        expected = completed_before[-keep_turns:]
+        checked += len(expected)
+        lost += [turn for turn in expected if turn not in seen]
+    return sorted(set(lost)), checked
 
 
 async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
@@ -467,10 +479,12 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         requests = list(cluster.llm.requests)
         report["turns_completed"] = sum(len(c.log.completed) for c in clients)
-        report["completed_turns_lost"] = sorted(
-            lost for c in clients for lost in history_losses(c, requests, keep_turns=20)
-        )
+        checks = [history_losses(c, requests, keep_turns=20) for c in clients]
+        report["completed_turns_lost"] = sorted(lost for missing, _ in checks for lost in missing)
+        report["history_pairs_checked"] = sum(checked for _, checked in checks)
+        report["video_segments"] = sum(c.log.segments for c in clients)
         report["video_sequence_jumps"] = {c.log.index: c.log.sequence_jumps for c in clients if c.log.sequence_jumps}
+        report["lost_turn_segments_played"] = sum(c.log.lost_segments_played for c in clients)
         report["reconnect_seconds"] = _summary([r.seconds for r in reconnects])
         report["reconnect_seconds_drain"] = _summary([r.seconds for r in drain_reconnects])
         report["reconnect_seconds_kill"] = _summary([r.seconds for r in kill_reconnects])
@@ -494,6 +508,11 @@ def _failures(report: dict[str, Any], reconnects: list[Reconnect], args: argpars
     drain = report["drain"]
     if drain["new_sessions_landed"].get(drain["instance"]):
         failures.append(f"{drain['new_sessions_landed'][drain['instance']]} new sessions landed on the draining instance")
+    if drain["new_sessions_refused"]:
+        # The balancer sent them to the draining instance, which refused them: the client saw an error.
+        failures.append(f"the balancer sent new sessions to the draining instance: {drain['new_sessions_refused']}")
+    if not report["history_pairs_checked"]:
+        failures.append("no turn's history could be checked")
     if drain["others_disturbed"]:
         failures.append(f"sessions on other instances noticed the drain: {drain['others_disturbed']}")
     if drain["exit_code"] is None:
@@ -563,11 +582,17 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--warmup", type=float, default=10.0)
     for each in (scenario, load):
         each.add_argument("--json", type=Path, help="also write the report here")
+        each.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
     if missing := missing_programs():
         print(f"scaleout: not installed: {', '.join(missing)} (apt-get install -y redis-server nginx-light)")
         return 2
-    report = asyncio.run(run_scenario(args) if args.mode == "scenario" else run_load(args))
+    run = run_scenario(args) if args.mode == "scenario" else run_load(args)
+    try:  # a deadline inside, so the cluster is always torn down (no stray processes)
+        report = asyncio.run(asyncio.wait_for(run, args.timeout))
+    except TimeoutError:
+        print(f"scaleout: did not finish within {args.timeout:g} s")
+        return 1
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if args.json:

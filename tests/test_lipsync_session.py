@@ -159,3 +159,14 @@ async def test_vowels_shape_the_lips_from_the_sound_alone():
     wide_u, round_u = vowel_shapes(await espeak_speech("우우우우", "espeak-ko"))
     assert wide_i > round_i + 0.3, (wide_i, round_i)
     assert round_u > wide_u + 0.3, (wide_u, round_u)
+
+
+async def test_mouth_moves_smoothly_and_rests_in_pauses(speech):
+    track = MouthTrack(16000, 25, LoudnessScale())
+    pause = np.zeros(640 * 15, np.float32)
+    poses = track.push(np.concatenate([speech, pause, speech])) + track.finish()
+    opening = np.array([p.open for p in poses])
+    assert opening.max() > 0.6 and opening.std() > 0.15, "the mouth hardly moves"
+    assert np.abs(np.diff(opening)).max() < 0.45, "the mouth jumps between frames"
+    middle = len(speech) // 640 + 7  # mid-pause, clear of the smoothing window
+    assert opening[middle] == 0.0

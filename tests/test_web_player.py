@@ -136,6 +136,8 @@ def _open_page(browser, bridge: Bridge, query: str = "", viewport=(1100, 760)):
     page.goto(f"{bridge.url}/{query}")
     page.wait_for_function("window.avatarPlayer && window.avatarPlayer.state.session !== null",
                            timeout=30_000)
+    # The idle loop is showing (the page's load time; from here on nothing may be black).
+    page.wait_for_function("document.getElementById('idle').readyState >= 2", timeout=30_000)
     return page
 
 
@@ -184,14 +186,15 @@ def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
     brightness.append(_brightness(page))
 
     samples = []
-    for _ in range(8):
+    for index in range(8):
         snap = page.evaluate(SNAPSHOT)
         if not snap["speaking"]:
             break
         samples.append((snap, np.array(page.evaluate(PIXELS))))
         brightness.append(_brightness(page))
+        if index == 2:
+            page.screenshot(path=str(ARTIFACTS / "turn-speaking.png"))
         page.wait_for_timeout(250)
-    page.screenshot(path=str(ARTIFACTS / "turn-speaking.png"))
     first = samples[0][0]
     assert first["mime"] and page.evaluate(f"MediaSource.isTypeSupported({first['mime']!r})")
     assert first["videoWidth"] > 0 and first["decodedFrames"] > 0, "H.264 was not decoded"
@@ -276,6 +279,29 @@ def test_page_reconnects_and_resumes_after_the_bridge_restarts(page, bridge):
     resumed = page.evaluate(SNAPSHOT)
     assert resumed["turn"]["start"] >= before["turn"]["end"] - 0.05  # the media clock went on
     assert resumed["t"] > before["t"]
+    _wait_silent(page)
+    assert not page.evaluate(SNAPSHOT)["mseErrors"]
+
+
+def test_a_refused_resume_starts_a_new_session_cleanly(page):
+    _say(page, "First session.")
+    _wait_speaking(page)
+    _wait_silent(page)
+    before = page.evaluate(SNAPSHOT)
+    page.evaluate("window.__sink = window.avatarPlayer.sink.mediaSource")
+    # The page reconnects with a session id the service does not know: it answers resumed=false.
+    page.evaluate("sessionStorage.setItem('avatar.session_id', 'unknown-session');"
+                  "window.avatarPlayer.connection.ws.close()")
+    page.wait_for_function("window.avatarPlayer.state.sessionsStarted === 2", timeout=15_000)
+    after = page.evaluate(SNAPSHOT)
+    assert after["session"]["id"] != before["session"]["id"] and not after["session"]["resumed"]
+    assert page.evaluate("window.__sink !== window.avatarPlayer.sink.mediaSource"), \
+        "a new session gets a fresh MediaSource"
+    assert page.evaluate("sessionStorage.getItem('avatar.session_id')") == after["session"]["id"]
+    _say(page, "Second session.")
+    _wait_speaking(page)
+    fresh = page.evaluate(SNAPSHOT)
+    assert fresh["turn"]["start"] < 0.05 and fresh["buffered"][0][0] < 0.1  # a new media clock
     _wait_silent(page)
     assert not page.evaluate(SNAPSHOT)["mseErrors"]
 

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     ditto_render_batch: int = Field(16, description="Largest warp+decode batch across sessions")
     ditto_capacity_fps: float = Field(0.0, description="Engine frames/s for admission; 0 = measure at start")
     ditto_compile: bool = Field(False, description="torch.compile warp+decode and CUDA-graph LMDM (GPU)")
+    ditto_precision: Literal["auto", "fp16", "fp32"] = Field(
+        "auto", description="Ditto compute precision: auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32"
+    )
+    ditto_engine_dir: Path | None = Field(
+        None, description="TensorRT engine folder (default: checkpoints/ditto_trt_sm<XY>_trt<M.m> from make engines)"
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

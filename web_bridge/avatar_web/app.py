@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -68,7 +69,9 @@ async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
     )
     app[GRPC_CHANNEL] = channel
     app[PREVIEWS] = PreviewCache(channel, settings.preview_cache_entries)
+    warming = asyncio.create_task(app[PREVIEWS].warm())
     yield
+    warming.cancel()
     await channel.close()
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 
 import grpc.aio
 from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class PreviewCache:
@@ -31,7 +34,16 @@ class PreviewCache:
                 avatar_pb2.GetAvatarPreviewRequest(id=avatar_id), timeout=self._timeout
             )
             if self._entries:
-                self._cache[avatar_id] = preview
+                # Keep it under its own id too: "" (default) and "astronaut" are the same avatar.
+                for key in {avatar_id, preview.avatar.id}:
+                    self._cache[key] = preview
                 while len(self._cache) > self._entries:
                     self._cache.popitem(last=False)
             return preview
+
+    async def warm(self) -> None:
+        """Fetches the default avatar's preview ahead of the first page (errors are ignored)."""
+        try:
+            await self.get("")
+        except grpc.aio.AioRpcError as exc:
+            log.info("could not prefetch the default avatar preview: %s", exc.code().name)

@@ -7,7 +7,8 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const SESSION_KEY = "avatar.session_id";
-const SEEK_TOLERANCE_S = 0.25;
+const STALL_MS = 300;
+const STALL_END_WINDOW_S = 0.5;
 
 const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
 const wsUrl = withToken(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
@@ -30,6 +31,8 @@ const state = {
   lastMetrics: null,
   errors: [],
   lastCancelled: null,
+  lastT: 0,
+  lastAdvance: 0,
   finishedTurns: new Set(),
   fps: 0,
   framesPresented: 0,
@@ -45,7 +48,11 @@ const connection = new Connection(wsUrl, () => ({
   language: params.get("lang") || "",
 }));
 
-connection.addEventListener("open", () => setConn("open", "connected"));
+window.avatarPlayer.connection = connection;
+connection.addEventListener("open", () => {
+  state.connected = false; // until this connection's session message arrives
+  setConn("open", "connected");
+});
 connection.addEventListener("close", (event) => {
   state.connected = false;
   setConn("closed", `reconnecting in ${Math.round(event.detail.retryInMs / 1000)} s…`);
@@ -198,7 +205,8 @@ function onTurnCompleted(m) {
   if (turn.bubble && m.text) turn.bubble.textContent = m.text;
   else if (!turn.bubble && m.text) turn.bubble = addBubble("avatar", m.text);
   const t = m.timings;
-  ui.serverTimings.textContent = `server: text ${fmt(t.first_text_ms)} · audio ${fmt(t.first_audio_ms)}`
+  ui.serverTimings.textContent = `server: text ${fmt(t.first_text_ms)}`
+    + ` · speech ${fmt(t.first_audio_ms || t.tts_first_audio_ms)}`
     + ` · video ${fmt(t.first_segment_ms)} · ${m.media_seconds.toFixed(2)} s speech`
     + ` · RTF ${m.realtime_factor.toFixed(2)}`;
   if (turn.segments === 0) endTurn(turn, "done"); // text-only reply: nothing to play
@@ -212,8 +220,14 @@ function onTurnCancelled(m) {
   stopSpeaking();
 }
 
+// Errors that mean the remembered session id itself is refused: forget it and start afresh.
+const SESSION_REFUSED_CODES = new Set([3, 5, 9]);
+
 function onError(m) {
   state.errors.push(m);
+  if (m.source === "service" && !state.connected && SESSION_REFUSED_CODES.has(m.code)) {
+    sessionStorage.removeItem(SESSION_KEY);
+  }
   addBubble("error", `${m.source === "bridge" ? "Bridge" : "Service"}: ${m.message} (${m.code_name || m.code})`);
   const turn = state.turn;
   if (turn && !turn.done && (m.turn_id === turn.id || (!turn.started && m.source === "service"))) {
@@ -270,7 +284,10 @@ function onMedia({ kind, header, payload }) {
 function startSpeaking(turn) {
   if (turn !== state.turn || turn.cancelled) return;
   const live = ui.live;
-  if (turn.start !== null && Math.abs(live.currentTime - turn.start) > SEEK_TOLERANCE_S) {
+  const halfFrame = 0.5 / (state.session?.fps || 25);
+  // The previous turn stopped where it stopped (end, interrupt or a gap): start exactly at
+  // this turn's first frame, hidden behind the idle loop until the fade.
+  if (turn.start !== null && Math.abs(live.currentTime - turn.start) > halfFrame) {
     live.currentTime = turn.start;
   }
   state.speaking = true;
@@ -304,12 +321,19 @@ function follow() {
     const caption = findCaption(t);
     const text = caption ? caption.text : "";
     if (ui.caption.textContent !== text) ui.caption.textContent = text;
-    // The turn ends for the viewer when playback reaches the end of its media (the buffered
-    // end can sit a few ms before the span's end when audio and video tracks differ).
+    // The turn ends for the viewer when playback reaches the end of its media. The buffered
+    // end can sit before the span's end (an audio track that ends early), and playback may
+    // stall a little before the buffered end: a stall near the end ends the turn too.
+    const now = performance.now();
+    if (t !== state.lastT) {
+      state.lastT = t;
+      state.lastAdvance = now;
+    }
     if (turn && (turn.completed || turn.lastSegmentIn) && sink.pending === 0) {
       const end = Math.min(turn.end ?? Infinity, sink.bufferedEnd(t));
       const fps = state.session?.fps || 25;
-      if (t >= end - 2 / fps) {
+      const stalled = now - state.lastAdvance > STALL_MS;
+      if (t >= end - 2 / fps || (stalled && t >= end - STALL_END_WINDOW_S)) {
         endTurn(turn, turn.cancelled ? "cancelled" : "done");
         stopSpeaking();
       }

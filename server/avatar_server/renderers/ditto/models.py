@@ -193,3 +193,13 @@ def config_overrides_from_settings(settings: Any) -> Mapping[str, Any]:
         "max_size": settings.ditto_max_size,
         "template_n_frames": settings.ditto_template_frames,
     }
+
+
+def network_options_from_settings(settings: Any) -> dict[str, Any]:
+    """load_networks keyword arguments from the service settings (runtime, device, precision, engine_dir)."""
+    return {
+        "runtime": settings.ditto_runtime,
+        "device": settings.ditto_device,
+        "precision": None if settings.ditto_precision == "auto" else settings.ditto_precision,
+        "engine_dir": settings.ditto_engine_dir,
+    }

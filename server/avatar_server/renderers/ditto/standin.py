@@ -135,7 +135,7 @@ def _cfg(size: StandInSize, cond_dim: int, *, runtime: str, online: bool) -> dic
             "warp_network_cfg": entry(relative(model_files["warp_network"])),
             "decoder_cfg": entry(relative(model_files["decoder"])),
             "stitch_network_cfg": entry(relative(model_files["stitch_network"])),
-            "hubert_cfg": entry(relative(layout.HUBERT_AUX)),
+            "hubert_cfg": entry(relative(layout.HUBERT_AUX) if runtime == "pytorch" else "hubert_fp32.engine"),
         },
         "audio2motion_cfg": {
             "model_path": relative(model_files["lmdm"]),

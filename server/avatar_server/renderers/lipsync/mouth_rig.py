@@ -64,19 +64,21 @@ class MouthRig:
         ]
         upper = list(groups.lips_outer_upper[1:-1] + groups.lips_inner_upper[1:-1])
         lower = list(groups.lips_outer_lower[1:-1] + groups.lips_inner_lower[1:-1])
-        jaw = list(groups.jaw)
-        still = list(groups.nose[2:] + groups.cheeks)  # the nose bridge is too high to matter
+        jaw = list(groups.jaw[2:-2])  # the ends, by the ears, hardly move
+        still = list(groups.nose[-3:] + groups.cheeks[2:6])  # nose base, lower cheeks
         controls = corners + upper + lower + jaw + still
         self._index = {landmark: row for row, landmark in enumerate(controls)}
 
         points = landmarks[controls].astype(np.float64)
+        # Room below the chin for the jaw to drop into without folding the neck.
         shrink = int(np.ceil(max_shift))
-        around = region_around(points, 0.35 * self.mouth_width, width, height)
+        around = region_around(points, 0.25 * self.mouth_width, width, height)
+        below = int(np.ceil(points[:, 1].max() + 0.7 * self.mouth_width))
         self.region = Region(
             max(around.x0, shrink),
             max(around.y0, shrink),
             min(around.x1, width - shrink),
-            min(around.y1, height - shrink),
+            min(below, height - shrink),
         )
         tps = TpsRegion(self.region, points, smoothing=2.0)
 
@@ -123,7 +125,7 @@ class MouthRig:
         lower_moves[2][is_lower] = (
             -0.13 * mw * stretch[is_lower] + 0.05 * mw * middle[is_lower] * down
         )
-        corner_moves[2][is_corner] = -0.16 * mw * outward[is_corner]
+        corner_moves[2][is_corner] = -0.12 * mw * outward[is_corner]
 
         # The inner contours move in pairs inside each layer: what the resting mouth
         # shows between them (teeth, or nothing) rides on the upper jaw, and the
