@@ -508,9 +508,14 @@ def _failures(report: dict[str, Any], reconnects: list[Reconnect], args: argpars
     drain = report["drain"]
     if drain["new_sessions_landed"].get(drain["instance"]):
         failures.append(f"{drain['new_sessions_landed'][drain['instance']]} new sessions landed on the draining instance")
-    if drain["new_sessions_refused"]:
+    # nginx's own failures read "Received http2 header with status: 502" (a connection to the
+    # closing instance reset under the request; the client retries); anything else is a status
+    # the draining instance itself sent, i.e. the balancer gave it a new session.
+    refused_by_instance = {why: n for why, n in drain["new_sessions_refused"].items()
+                           if "http2 header with status" not in why}
+    if refused_by_instance:
         # The balancer sent them to the draining instance, which refused them: the client saw an error.
-        failures.append(f"the balancer sent new sessions to the draining instance: {drain['new_sessions_refused']}")
+        failures.append(f"the balancer sent new sessions to the draining instance: {refused_by_instance}")
     if not report["history_pairs_checked"]:
         failures.append("no turn's history could be checked")
     if drain["others_disturbed"]:

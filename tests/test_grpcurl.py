@@ -62,6 +62,6 @@ def test_grpcurl_lists_describes_and_calls(service_process) -> None:
         if index >= len(events):
             break
         event, index = decoded.raw_decode(events, index)
-        kinds.extend(key for key in event if key not in ("sessionId", "turnId", "span"))
-    assert kinds[0] == "sessionStarted" and kinds[-1] == "turnCompleted"
-    assert "videoSegment" in kinds and "caption" in kinds
+        kinds.extend(key for key in event if key not in ("session_id", "turn_id", "span"))
+    assert kinds[0] == "session_started" and kinds[-1] == "turn_completed"
+    assert "video_segment" in kinds and "caption" in kinds

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from avatar_web.mp4_remux import RemuxError, remux_fragments
+from avatar_client.mp4 import RemuxError, remux_fragments
 
 FPS = 25
 RATE = 16000

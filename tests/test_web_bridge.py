@@ -8,24 +8,33 @@ bytes). The end-to-end tests against the real avatar-server are in test_web_play
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import socket
 import struct
-import base64
-import os
 
 import grpc
 import grpc.aio
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from avatar.v1 import avatar_pb2, avatar_pb2_grpc
-
 from avatar_web.app import create_app
 from avatar_web.keys import GRPC_CHANNEL, HUB, SETTINGS
 from avatar_web.outbox import Outbox, SlowConsumer
-from avatar_web.protocol import MediaKind, unpack_media
+from avatar_web.protocol import (
+    MediaKind,
+    Ping,
+    ProtocolError,
+    pack_media,
+    parse_client_message,
+    to_request,
+    unpack_media,
+)
 from avatar_web.settings import WebSettings
+from hypothesis import given
+from hypothesis import strategies as st
 
 CLOCK_RATE = 16000
 
@@ -245,6 +254,7 @@ async def test_interrupt_and_ping_are_relayed(bridge):
         ('{"type": "message", "text": "hi", "turn_id": "bad id!"}', "invalid_field"),
         ('{"type": "hello", "v": 1}', "already_started"),
         ('{"type": "ping", "t": {"a": 1}}', "invalid_field"),
+        ('{"type": "message", "text": "lone \\ud800 surrogate"}', "invalid_field"),
     ],
 )
 async def test_bad_messages_get_an_error_and_the_connection_survives(bridge, payload, reason):
@@ -344,7 +354,8 @@ async def test_idle_loop_and_poster_are_served_with_ranges(bridge):
     assert part.headers["Content-Range"] == "bytes 10-19/1024"
     tail = await bridge.get("/avatar/fake/idle.mp4", headers={"Range": "bytes=-4"})
     assert await tail.read() == bytes(range(252, 256))
-    assert (await bridge.get("/avatar/fake/idle.mp4", headers={"Range": "bytes=5000-"})).status == 416
+    beyond = await bridge.get("/avatar/fake/idle.mp4", headers={"Range": "bytes=5000-"})
+    assert beyond.status == 416
     poster = await bridge.get("/avatar/fake/poster.jpg")
     assert poster.content_type == "image/jpeg"
     assert (await bridge.get("/avatar/nobody/idle.mp4")).status == 404
@@ -357,9 +368,10 @@ async def test_hub_broadcast_reaches_every_open_page(bridge):
     await _receive_json(ws2, skip=())
     hub = bridge.server.app[HUB]
     assert len(hub) == 2
-    assert hub.broadcast({"type": "video_ready", "id": "v1", "url": "/api/videos/v1"}) == 2
+    notice = {"type": "video_ready", "id": "v1", "url": "/api/videos/v1"}
+    assert hub.broadcast(notice) == 2
     for ws in (ws1, ws2):
-        assert await _receive_json(ws) == {"type": "video_ready", "id": "v1", "url": "/api/videos/v1"}
+        assert await _receive_json(ws) == notice
     with pytest.raises(ValueError):
         hub.broadcast({"no": "type"})
     await ws1.close()
@@ -427,6 +439,37 @@ async def test_the_hello_must_come_in_time():
         assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED) and ws.close_code == 4008
     finally:
         await client.close()
+
+
+# ------------------------------------------------------------------ parser properties
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4),
+    max_leaves=12,
+)
+_client_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["hello", "message", "interrupt", "ping", "other"])},
+    optional={k: _json_values for k in ("text", "turn_id", "session_id", "fps", "v", "t",
+                                        "language", "pcm_audio", "segment_seconds")},
+)
+
+
+@given(st.one_of(st.text(max_size=200), _client_like.map(json.dumps)))
+def test_the_parser_only_ever_refuses_with_a_protocol_error(raw):
+    try:
+        message = parse_client_message(raw, max_bytes=64 * 1024)
+    except ProtocolError as error:
+        assert error.reason and error.message
+        return
+    if not isinstance(message, Ping):
+        to_request(message).SerializeToString()  # what was accepted also maps to the contract
+
+
+@given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=5),
+       st.binary(max_size=300), st.sampled_from([1, 2, 3]))
+def test_media_frames_round_trip(header, payload, kind):
+    assert unpack_media(pack_media(kind, header, payload)) == (kind, header, payload)
 
 
 # ------------------------------------------------------------------ bounded buffers

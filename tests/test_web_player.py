@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO, VENV_BIN, ServiceProcess, free_port, stop_process
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
@@ -38,7 +37,9 @@ SNAPSHOT = """() => {
   const v = document.getElementById('live');
   const s = window.avatarPlayer.state;
   const ranges = [];
-  for (let i = 0; i < v.buffered.length; i += 1) ranges.push([v.buffered.start(i), v.buffered.end(i)]);
+  for (let i = 0; i < v.buffered.length; i += 1) {
+    ranges.push([v.buffered.start(i), v.buffered.end(i)]);
+  }
   const q = v.getVideoPlaybackQuality();
   return {
     t: v.currentTime, paused: v.paused, readyState: v.readyState, buffered: ranges,
@@ -49,7 +50,8 @@ SNAPSHOT = """() => {
     turn: s.turn && {id: s.turn.id, start: s.turn.start, end: s.turn.end, done: s.turn.done,
                      cancelled: s.turn.cancelled},
     session: s.session && {id: s.session.session_id, resumed: s.session.resumed},
-    sessionsStarted: s.sessionsStarted, errors: s.errors, mseErrors: window.avatarPlayer.sink.errors,
+    sessionsStarted: s.sessionsStarted, errors: s.errors,
+    mseErrors: window.avatarPlayer.sink.errors,
     mime: window.avatarPlayer.sink.mime,
     idleT: document.getElementById('idle').currentTime,
     idlePaused: document.getElementById('idle').paused,
@@ -202,9 +204,10 @@ def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
     times = [s["t"] for s, _ in samples]
     # currentTime only moves forward and advances over the samples (a CPU renderer slower than
     # real time may make the video wait for its next segment now and then).
-    assert len(samples) >= 3 and all(b >= a for a, b in zip(times, times[1:])), times
+    assert len(samples) >= 3 and all(b >= a for a, b in zip(times, times[1:], strict=False)), times
     assert times[-1] > times[0] + 0.5, times
-    changes = [float(np.abs(b - a).mean()) for (_, a), (_, b) in zip(samples, samples[1:])]
+    pictures = [pixels for _, pixels in samples]
+    changes = [float(np.abs(b - a).mean()) for a, b in zip(pictures, pictures[1:], strict=False)]
     assert max(changes) > 0.3, f"frames did not change while speaking: {changes}"
     # Captions follow the video clock: the one shown is the one whose span holds currentTime.
     shown = 0
@@ -310,9 +313,8 @@ def test_phone_width_and_korean_text(browser, bridge):
     page = _open_page(browser, bridge, "?lang=ko-KR", viewport=(390, 844))
     try:
         _say(page, "안녕하세요, 만나서 반갑습니다. Hello!")
-        page.wait_for_function("document.querySelector('#log li.avatar') && document"
-                               ".querySelector('#log li.avatar').textContent.includes('반갑습니다')",
-                               timeout=TURN_TIMEOUT_MS)
+        page.wait_for_function("document.querySelector('#log li.avatar')?.textContent"
+                               ".includes('반갑습니다')", timeout=TURN_TIMEOUT_MS)
         _wait_speaking(page)
         page.screenshot(path=str(ARTIFACTS / "phone-korean.png"), full_page=True)
         layout = page.evaluate("""() => ({

@@ -35,7 +35,7 @@ class Hub:
         return len(self._members)
 
     def broadcast(self, message: dict) -> int:
-        """Sends a JSON message (it must have a "type") to every connection; returns how many took it."""
+        """Sends a JSON message with a "type" to every connection; returns how many took it."""
         if not isinstance(message.get("type"), str):
             raise ValueError("a broadcast message needs a string 'type'")
         frame = encode_json(message)

@@ -11,7 +11,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import grpc
 from avatar.v1 import avatar_pb2
@@ -31,7 +31,10 @@ class MediaKind:
 class ProtocolError(Exception):
     """A client message the bridge refuses; the connection stays open."""
 
-    def __init__(self, reason: str, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
+    def __init__(
+        self, reason: str, message: str,
+        code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -74,7 +77,7 @@ class Ping:
     t: Any = None
 
 
-ClientMessage = Union[Hello, SendText, StopTurn, Ping]
+ClientMessage = Hello | SendText | StopTurn | Ping
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{0,128}$")
 _TURN_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
@@ -119,7 +122,8 @@ def _parse_hello(data: dict) -> Hello:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported_version",
-            f"protocol version {version!r} is not supported (this bridge speaks {PROTOCOL_VERSION})",
+            f"protocol version {version!r} is not supported "
+            f"(this bridge speaks {PROTOCOL_VERSION})",
         )
     fps = data.get("fps", 0)
     if not isinstance(fps, int) or isinstance(fps, bool) or not 0 <= fps <= 60:
@@ -149,6 +153,10 @@ def _str(data: dict, key: str, max_chars: int) -> str:
         raise ProtocolError("invalid_field", f"{key!r} must be a string")
     if len(value) > max_chars:
         raise ProtocolError("invalid_field", f"{key!r} is longer than {max_chars} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON escapes can spell lone surrogates
+        raise ProtocolError("invalid_field", f"{key!r} is not valid Unicode text") from None
     return value
 
 

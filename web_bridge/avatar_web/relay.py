@@ -91,7 +91,13 @@ class BrowserSession:
         try:
             async for msg in self._ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._on_text(msg.data)
+                    try:
+                        await self._on_text(msg.data)
+                    except Exception:  # a bug here must not end the page's session
+                        log.exception("could not handle a page message")
+                        self.offer(encode_json(error_message(
+                            "internal", "the bridge could not handle this message",
+                            grpc.StatusCode.INTERNAL)))
                     if self._call is not None:
                         hello_deadline.cancel()
                 elif msg.type == WSMsgType.BINARY:

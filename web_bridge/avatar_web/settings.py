@@ -36,7 +36,8 @@ class WebSettings(BaseSettings):
         description="Hard cap on one WebSocket frame; bigger ones close the connection (1009)",
     )
     send_buffer_bytes: int = Field(
-        8 * 1024 * 1024, ge=64 * 1024, description="Bytes queued for one browser before backpressure"
+        8 * 1024 * 1024, ge=64 * 1024,
+        description="Bytes queued for one browser before backpressure",
     )
     send_stall_timeout_s: float = Field(
         20.0, gt=0, description="Seconds a full send buffer may block before the connection drops"
@@ -54,7 +55,9 @@ class WebSettings(BaseSettings):
     videos_max_bytes: int = Field(
         2 * 1024**3, ge=0, description="Most bytes of kept videos (0 = no limit)"
     )
-    videos_max_age_s: float = Field(86400.0, ge=0, description="Oldest kept video (s; 0 = no limit)")
+    videos_max_age_s: float = Field(
+        86400.0, ge=0, description="Oldest kept video (s; 0 = no limit)"
+    )
     videos_max_count: int = Field(500, ge=0, description="Most kept videos (0 = no limit)")
     rest_turn_timeout_s: float = Field(180.0, gt=0, description="Longest a REST turn may take (s)")
     rest_max_body_bytes: int = Field(

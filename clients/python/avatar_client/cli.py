@@ -13,7 +13,7 @@ import grpc
 from avatar.v1 import avatar_pb2 as pb
 from avatar.v1 import avatar_pb2_grpc as pb_grpc
 
-from avatar_client.mp4 import fragments_to_mp4
+from avatar_client.mp4 import remux_fragments
 
 
 class TurnRecorder:
@@ -57,8 +57,8 @@ class TurnRecorder:
     def save(self, path: Path) -> None:
         if not (self.init and self.segments):
             return
-        path.write_bytes(fragments_to_mp4(self.init + b"".join(self.segments)))
-        print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
+        result = remux_fragments(self.init, self.segments, path)
+        print(f"wrote {path} ({result.size_bytes} bytes, {result.duration_s:.2f} s)", file=sys.stderr)
 
     def report(self) -> None:
         if self.error is not None:

@@ -3,7 +3,9 @@
 Sessions submit HuBERT chunks, LMDM windows and frame batches and get futures back; per-session
 state stays in the session. Each tick the worker gathers what is due from all sessions into one
 HuBERT batch, one LMDM batch and one stitch+warp+decode+paste batch, padded to a few fixed batch
-sizes (so compiled kernels and CUDA graphs see few shapes). A job whose session has gone is
+sizes (so compiled kernels and CUDA graphs see few shapes). Jobs carry a deadline (when their
+first frame should be shown) and each kind is served earliest deadline first, so a session that
+just started is not queued behind sessions whose audio arrived far ahead of real time. A job whose session has gone is
 skipped or its result dropped; a batch that fails is re-run job by job so one bad job fails alone.
 Admission control compares the sessions' frame rates with the throughput measured at start.
 """
@@ -55,6 +57,7 @@ class EngineOptions:
     profile: bool = False  # synchronize after each stage so stage timings are exact
     compile_render: bool = False  # torch.compile stitch+warp+decode
     graph_windows: bool = False  # CUDA-graph the whole DDIM loop per window batch size
+    warm_up: bool = False  # run every batch shape once at start (compiles / captures before sessions)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ class _Job:
     kind: str
     payload: Any
     future: Future
-    items: int = 1
+    items: int
+    deadline: float
+    order: int
 
 
 def snap(count: int, sizes: Sequence[int]) -> int:
@@ -131,12 +136,11 @@ class DittoEngine:
         self.steps: list[DdimStep] = ddim_steps(options.sampling_steps)
         self.stats = StageStats()
         self._lock = threading.Condition()
-        self._queues: dict[str, collections.deque[_Job]] = {
-            kind: collections.deque() for kind in ("call", "features", "window", "render")
-        }
+        self._queues: dict[str, list[_Job]] = {kind: [] for kind in ("call", "features", "window", "render")}
         self._admitted: list[Admission] = []
         self._closing = False
         self._paused = 0
+        self._order = 0
         self._capacity = options.capacity_fps
         self._render_core: Callable[..., torch.Tensor] = self._stitch_warp_decode
         if options.compile_render:
@@ -146,36 +150,41 @@ class DittoEngine:
         self._thread = threading.Thread(target=self._work, name="ditto-engine", daemon=True)
         self._thread.start()
         self.silence_feature: np.ndarray = self.submit_features(silence_chunk()[None]).result()[0, 0]
+        if options.warm_up:
+            self.call(self._warm_up).result()
         if self._capacity <= 0:
             self._capacity = self.measure_capacity()
 
     # ----- public API (any thread) -----------------------------------------------------------
-    def submit_features(self, chunks: np.ndarray) -> Future:
-        """(n, 6480) audio chunks -> future of (n, 5, 1024) float32 features."""
+    def submit_features(self, chunks: np.ndarray, deadline: float = 0.0) -> Future:
+        """(n, 6480) audio chunks -> future of (n, 5, 1024) float32 features.
+
+        `deadline` (time.monotonic() seconds) orders work of one kind: earliest first.
+        """
         chunks = np.asarray(chunks, dtype=np.float32)
         if chunks.ndim != 2 or chunks.shape[1] != CHUNK_SAMPLES:
             raise RenderError(f"audio chunks must be (n, {CHUNK_SAMPLES}), got {chunks.shape}")
-        return self._submit("features", chunks, items=chunks.shape[0])
+        return self._submit("features", chunks, chunks.shape[0], deadline)
 
-    def submit_window(self, plan: WindowPlan, session_seed: int) -> Future:
+    def submit_window(self, plan: WindowPlan, session_seed: int, deadline: float = 0.0) -> Future:
         """One LMDM window -> future of its (L, 265) float32 motion."""
         expected = (self.networks.seq_frames, self.networks.cond_dim)
         if plan.cond.shape != expected or plan.cond_frame.shape != (self.networks.motion_dim,):
             raise RenderError(f"window condition must be {expected}, got {plan.cond.shape}")
-        return self._submit("window", (plan, session_seed))
+        return self._submit("window", (plan, session_seed), 1, deadline)
 
-    def submit_frames(self, request: FrameRequest) -> Future:
+    def submit_frames(self, request: FrameRequest, deadline: float = 0.0) -> Future:
         """Frames of one session -> future of (n, H, W, 3) uint8."""
         count = request.motion.shape[0]
         if count == 0 or request.motion.shape[1:] != (self.networks.motion_dim,):
             raise RenderError(f"frame motion must be (n>0, {self.networks.motion_dim}), got {request.motion.shape}")
         if request.template_index.shape != (count,):
             raise RenderError("one template index per frame is required")
-        return self._submit("render", request, items=count)
+        return self._submit("render", request, count, deadline)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Runs `fn(*args)` on the worker thread (for per-avatar network calls)."""
-        return self._submit("call", (fn, args))
+        return self._submit("call", (fn, args), 1, 0.0)
 
     def measure_capacity(self) -> float:
         """Times full batches of each stage on the worker -> frames per second it can sustain."""
@@ -221,8 +230,9 @@ class DittoEngine:
         with self._lock:
             self._closing = True
             for queue in self._queues.values():
-                while queue:
-                    queue.popleft().future.cancel()
+                for job in queue:
+                    job.future.cancel()
+                queue.clear()
             self._lock.notify_all()
         self._thread.join(timeout=30)
 
@@ -232,12 +242,13 @@ class DittoEngine:
             if admission in self._admitted:
                 self._admitted.remove(admission)
 
-    def _submit(self, kind: str, payload: Any, items: int = 1) -> Future:
+    def _submit(self, kind: str, payload: Any, items: int, deadline: float) -> Future:
         future: Future = Future()
         with self._lock:
             if self._closing:
                 raise RenderError("the Ditto engine is shut down", retriable=True)
-            self._queues[kind].append(_Job(kind, payload, future, items))
+            self._order += 1
+            self._queues[kind].append(_Job(kind, payload, future, items, deadline, self._order))
             self._lock.notify()
         return future
 
@@ -251,12 +262,15 @@ class DittoEngine:
         }
         taken: dict[str, list[_Job]] = {}
         for kind, queue in self._queues.items():
-            jobs, items = [], 0
-            while queue and (not jobs or items + queue[0].items <= limits[kind]):
-                job = queue.popleft()
+            queue.sort(key=lambda job: (job.deadline, job.order))
+            jobs, items, left = [], 0, 0
+            while left < len(queue) and (not jobs or items + queue[left].items <= limits[kind]):
+                job = queue[left]
+                left += 1
                 if job.future.set_running_or_notify_cancel():
                     jobs.append(job)
                     items += job.items
+            del queue[:left]
             taken[kind] = jobs
         return taken
 
@@ -382,6 +396,26 @@ class DittoEngine:
             offset += job.items
         self._timed("paste_back", count, started)
         return results
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """Runs every render and window batch shape once (torch.compile, CUDA graph capture)."""
+        net, sizes = self.networks, self.networks.sizes
+        for size in self.options.render_batch_sizes:
+            feature = torch.rand(size, sizes.feature_channels, sizes.feature_depth, sizes.feature_size,
+                                 sizes.feature_size, device=self.device).to(net.dtype)
+            kp = torch.randn(size, sizes.num_kp, 3, device=self.device) * 0.1
+            self._render_core(feature, kp, kp * 1.01)
+        for size in self.options.window_batch_sizes:
+            inputs = (torch.zeros(size, net.motion_dim, device=self.device),
+                      torch.zeros(size, net.seq_frames, net.cond_dim, device=self.device),
+                      torch.randn(size, net.seq_frames, net.motion_dim, device=self.device),
+                      torch.randn(size, len(self.steps), net.seq_frames, net.motion_dim, device=self.device))
+            graph = self._graph_for(size, inputs)
+            if graph is None:
+                sample_motion(net.lmdm, self.steps, *inputs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def _time_full_batches(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -74,6 +75,7 @@ class DittoRenderer:
             max_sessions=settings.max_sessions,
             compile_render=settings.ditto_compile,
             graph_windows=settings.ditto_compile,
+            warm_up=settings.ditto_compile,
         )
         self.engine = DittoEngine(networks, options)
         self._avatars: dict[str, tuple[DeviceAvatar, int]] = {}
@@ -180,7 +182,11 @@ class DittoSession:
 
 
 class _Turn:
-    """One turn in flight: an audio task (HuBERT) and a motion task (windows, frame jobs)."""
+    """One turn in flight: audio (HuBERT jobs), features (in order), motion (windows, frame jobs).
+
+    Every job carries the time its first frame is due (first audio + frame / 25 s), so the engine
+    serves the most urgent work of all sessions first.
+    """
 
     def __init__(self, session: DittoSession, audio: AsyncIterator[np.ndarray]) -> None:
         renderer = session._renderer
@@ -200,12 +206,17 @@ class _Turn:
         self._wake = asyncio.Event()
         self._out: asyncio.Queue[Future | BaseException | None] = asyncio.Queue(FRAMES_IN_FLIGHT)
         self._pending: set[Future] = set()
+        self._features: asyncio.Queue[tuple[Future, int] | int] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._started: float | None = None  # monotonic time the first audio arrived
+
+    def _due(self, frame: int) -> float:
+        return (self._started or time.monotonic()) + frame / FPS
 
     async def frames(self) -> AsyncIterator[np.ndarray]:
         """Yields (n, H, W, 3) frame blocks in order until the turn's last frame."""
-        self._tasks = [asyncio.create_task(self._guard(self._read_audio())),
-                       asyncio.create_task(self._guard(self._make_motion()))]
+        self._tasks = [asyncio.create_task(self._guard(work))
+                       for work in (self._read_audio(), self._collect_features(), self._make_motion())]
         while True:
             item = await self._out.get()
             if item is None:
@@ -238,20 +249,34 @@ class _Turn:
             await self._out.put(exc)
 
     async def _read_audio(self) -> None:
+        """Submits HuBERT jobs as soon as chunks fill, without waiting for earlier ones."""
         async for pcm in self._audio:
-            chunks = self._chunker.push(pcm)
-            if chunks:
-                await self._add_features(chunks)
-        chunks = self._chunker.finish()
-        if chunks:
-            await self._add_features(chunks)
-        self._total = self._chunker.frames_total
-        self._wake.set()
+            if self._started is None:
+                self._started = time.monotonic()
+            self._submit_features(self._chunker.push(pcm))
+        self._submit_features(self._chunker.finish())
+        await self._features.put(self._chunker.frames_total)
 
-    async def _add_features(self, chunks: list[np.ndarray]) -> None:
-        features = await asyncio.wrap_future(self._engine.submit_features(np.stack(chunks)))
-        self._motion.add_features(features.reshape(-1, features.shape[-1]))
-        self._wake.set()
+    def _submit_features(self, chunks: list[np.ndarray]) -> None:
+        if chunks:
+            first_frame = self._chunker.frames_chunked - 5 * len(chunks)
+            job = self._engine.submit_features(np.stack(chunks), self._due(first_frame))
+            self._pending.add(job)
+            self._features.put_nowait((job, first_frame))
+
+    async def _collect_features(self) -> None:
+        """Adds features to the motion stream in order; the end marker is the turn's frame count."""
+        while True:
+            item = await self._features.get()
+            if isinstance(item, int):
+                self._total = item
+                self._wake.set()
+                return
+            job, _ = item
+            features = await asyncio.wrap_future(job)
+            self._pending.discard(job)
+            self._motion.add_features(features.reshape(-1, features.shape[-1]))
+            self._wake.set()
 
     async def _make_motion(self) -> None:
         session = self._session
@@ -261,7 +286,7 @@ class _Turn:
             if plan is None:
                 await self._wake.wait()
                 continue
-            window = self._engine.submit_window(plan, session._seed)
+            window = self._engine.submit_window(plan, session._seed, self._due(plan.start))
             self._pending.add(window)
             motion = await asyncio.wrap_future(window)
             self._pending.discard(window)
@@ -269,7 +294,7 @@ class _Turn:
             for start in range(0, final.shape[0], RENDER_CHUNK):
                 block = final[start : start + RENDER_CHUNK]
                 request = FrameRequest(session.avatar, block, self._motion.d0, session._template_indices(len(block)))
-                job = self._engine.submit_frames(request)
+                job = self._engine.submit_frames(request, self._due(plan.start + start))
                 self._pending.add(job)
                 await self._out.put(job)
         await self._out.put(None)

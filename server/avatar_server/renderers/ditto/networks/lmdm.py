@@ -227,7 +227,7 @@ class MotionDiffusion(nn.Module):
         self, x: torch.Tensor, cond_frame: torch.Tensor, cond: torch.Tensor, time: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        keep = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(x.device)
+        keep = torch.arange(2 * batch, device=x.device) >= batch  # first half unconditioned (graph-capturable)
         both = self.denoise(
             torch.cat([x, x]), torch.cat([cond_frame, cond_frame]), torch.cat([cond, cond]), torch.cat([time, time]), keep
         )
