@@ -234,3 +234,25 @@ async def test_capacity_is_measured_when_not_configured(standin_dir) -> None:
         assert 0 < measured.capacity_fps() < float("inf")
     finally:
         await measured.aclose()
+
+
+async def test_engine_serves_the_earliest_deadline_first(renderer) -> None:
+    from avatar_server.renderers.ditto.engine import DittoEngine, EngineOptions
+    from avatar_server.renderers.ditto.motion_diffusion import WindowPlan
+
+    engine = DittoEngine(renderer.networks, EngineOptions(window_batch_sizes=(1,), sampling_steps=1, capacity_fps=100))
+    try:
+        net = renderer.networks
+        plan = WindowPlan(0, 0, 5, np.zeros((net.seq_frames, net.cond_dim), np.float32),
+                          np.zeros(net.motion_dim, np.float32))
+        finished: list[str] = []
+        with engine.paused():
+            for name, deadline in (("late", 20.0), ("early", 10.0), ("middle", 15.0)):
+                future = engine.submit_window(plan, 1, deadline)
+                future.add_done_callback(lambda _, name=name: finished.append(name))
+        await asyncio.to_thread(future.result, 120)
+        while len(finished) < 3:
+            await asyncio.sleep(0.01)
+        assert finished == ["early", "middle", "late"]
+    finally:
+        engine.close()

@@ -22,7 +22,12 @@ import numpy as np
 from avatar_server.avatars.model import AvatarAssets
 from avatar_server.errors import InvalidInput
 from avatar_server.renderers.base import Frame, ModelDescription
-from avatar_server.renderers.ditto.audio_features import SAMPLE_RATE, SAMPLES_PER_FRAME, AudioChunker
+from avatar_server.renderers.ditto.audio_features import (
+    FRAMES_PER_CHUNK,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    AudioChunker,
+)
 from avatar_server.renderers.ditto.avatar_prep import DeviceAvatar, load_or_prepare, mirror_index
 from avatar_server.renderers.ditto.engine import Admission, DittoEngine, EngineOptions, FrameRequest
 from avatar_server.renderers.ditto.motion_diffusion import MotionStream, StreamOptions
@@ -206,7 +211,7 @@ class _Turn:
         self._wake = asyncio.Event()
         self._out: asyncio.Queue[Future | BaseException | None] = asyncio.Queue(FRAMES_IN_FLIGHT)
         self._pending: set[Future] = set()
-        self._features: asyncio.Queue[tuple[Future, int] | int] = asyncio.Queue()
+        self._features: asyncio.Queue[Future | int] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._started: float | None = None  # monotonic time the first audio arrived
 
@@ -259,10 +264,10 @@ class _Turn:
 
     def _submit_features(self, chunks: list[np.ndarray]) -> None:
         if chunks:
-            first_frame = self._chunker.frames_chunked - 5 * len(chunks)
+            first_frame = self._chunker.frames_chunked - FRAMES_PER_CHUNK * len(chunks)
             job = self._engine.submit_features(np.stack(chunks), self._due(first_frame))
             self._pending.add(job)
-            self._features.put_nowait((job, first_frame))
+            self._features.put_nowait(job)
 
     async def _collect_features(self) -> None:
         """Adds features to the motion stream in order; the end marker is the turn's frame count."""
@@ -272,9 +277,8 @@ class _Turn:
                 self._total = item
                 self._wake.set()
                 return
-            job, _ = item
-            features = await asyncio.wrap_future(job)
-            self._pending.discard(job)
+            features = await asyncio.wrap_future(item)
+            self._pending.discard(item)
             self._motion.add_features(features.reshape(-1, features.shape[-1]))
             self._wake.set()
 
