@@ -53,13 +53,14 @@ server: venv stubs
 	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT)
 
 # System tools the tests use: ffmpeg (independent decoder), chromium (player),
-# redis and nginx (scale-out). Installed with apt-get when run as root.
+# redis and nginx (scale-out), a CJK font (Korean in the player). Installed with apt-get when run as root.
 system-deps:
 	@missing=""; \
 	command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	fc-list 2>/dev/null | grep -qi "noto sans cjk" || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

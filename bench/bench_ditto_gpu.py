@@ -128,14 +128,14 @@ def stage_costs(net, steps: int, batches: list[int]) -> dict:
         out[f"render_b{b}"] = {**{k: v for k, v in rows.items()},
                                **{f"{k}_per_frame": v / b for k, v in rows.items()},
                                "fps_warp_decode": 1000 * b / (rows["warp"] + rows["decode"] + rows["stitch"])}
-    from avatar_server.renderers.ditto.putback import PasteBack, to_rgb24
+    from avatar_server.renderers.ditto.putback import PasteBack, to_rgb24_async
 
     frames = (np.random.default_rng(0).random((1, 512, 512, 3)) * 255).astype(np.uint8)
     affine = np.array([[[2.0, 0.0, -200.0], [0.0, 2.0, -60.0]]], np.float32)
     paste = PasteBack.build(frames, affine, 512, dev)
     renders = torch.rand(16, 3, 512, 512, device=dev, dtype=net.dtype)
     index = torch.zeros(16, dtype=torch.int64, device=dev)
-    ms = cuda_ms(lambda: to_rgb24(paste.paste(renders, index)))
+    ms = cuda_ms(lambda: to_rgb24_async(paste.paste(renders, index)))
     out["paste_rgb24_b16"] = {"ms": ms, "ms_per_frame": ms / 16}
     return out
 

@@ -111,7 +111,8 @@ def audio_lag_samples(init: bytes, tail: list[bytes], pcm: np.ndarray, pcm_start
 
 
 async def run(minutes: float, data_dir: Path) -> dict[str, object]:
-    async with running_service(data_dir, echo_token_delay_s=0.001, max_text_chars=2000) as service:
+    async with running_service(data_dir, echo_token_delay_s=0.001, max_text_chars=2000,
+                               turn_deadline_s=0) as service:
         talk = Conversation(service.stub, pb.SessionConfig(language="en-US"))
         opening = await talk.until("video_init")
         started = opening[0].session_started

@@ -34,7 +34,9 @@ def wait_for_port(port: int, *, timeout_s: float, process: subprocess.Popen | No
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before listening")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode} before listening"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -50,7 +52,12 @@ def missing_programs() -> list[str]:
 
 def _which(name: str) -> str | None:
     return shutil.which(name) or next(
-        (str(path) for path in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if path.exists()), None
+        (
+            str(path)
+            for path in (Path("/usr/sbin") / name, Path("/usr/bin") / name)
+            if path.exists()
+        ),
+        None,
     )
 
 
@@ -79,12 +86,28 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = _which("redis-server")
         if binary is None:
-            raise FileNotFoundError("redis-server is not installed (apt-get install -y redis-server)")
+            raise FileNotFoundError(
+                "redis-server is not installed (apt-get install -y redis-server)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, timeout_s=10, process=self.process)
         return self
@@ -95,7 +118,7 @@ class RedisServer:
 
 
 def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path) -> Path:
-    """A complete nginx.conf: the deploy template's http{} part inside a main part for a local run."""
+    """A full nginx.conf: the deploy template's http{} part in a main part for a local run."""
     servers = "\n    ".join(
         f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;" for port in upstream_ports
     )
@@ -106,7 +129,7 @@ def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path
     )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "avatar-grpc.conf").write_text(http_part)
-    main = f"""# Local run of deploy/nginx/avatar-grpc.conf.template (written by bench/local_cluster.py).
+    main = f"""# Local run of deploy/nginx/avatar-grpc.conf.template (by bench/local_cluster.py).
 daemon off;
 worker_processes 1;
 pid {workdir}/nginx.pid;
@@ -133,8 +156,19 @@ def check_nginx_conf(conf: Path) -> subprocess.CompletedProcess:
     if binary is None:
         raise FileNotFoundError("nginx is not installed (apt-get install -y nginx-light)")
     return subprocess.run(
-        [binary, "-t", "-c", str(conf), "-p", str(conf.parent), "-e", str(conf.parent / "error.log")],
-        capture_output=True, text=True, timeout=30,
+        [
+            binary,
+            "-t",
+            "-c",
+            str(conf),
+            "-p",
+            str(conf.parent),
+            "-e",
+            str(conf.parent / "error.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -157,9 +191,17 @@ class NginxBalancer:
         if checked.returncode != 0:
             raise RuntimeError(f"nginx -t failed: {checked.stderr}")
         self.process = subprocess.Popen(
-            [_which("nginx") or "nginx", "-c", str(conf), "-p", str(self.workdir),
-             "-e", str(self.workdir / "error.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                _which("nginx") or "nginx",
+                "-c",
+                str(conf),
+                "-p",
+                str(self.workdir),
+                "-e",
+                str(self.workdir / "error.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, timeout_s=10, process=self.process)
         return self
@@ -200,7 +242,11 @@ class ServerInstance:
         self.log_path = self.workdir / f"{self.instance_id}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -210,7 +256,9 @@ class ServerInstance:
         try:
             wait_for_port(self.port, timeout_s=timeout_s, process=self.process)
         except (RuntimeError, TimeoutError) as error:
-            raise RuntimeError(f"{self.instance_id} did not start: {error}\n{self.log()[-3000:]}") from error
+            raise RuntimeError(
+                f"{self.instance_id} did not start: {error}\n{self.log()[-3000:]}"
+            ) from error
 
     def signal(self, signum: int) -> None:
         """Sends SIGTERM (drain) or SIGKILL (crash) to the instance's process only."""

@@ -68,41 +68,61 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def server_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        doc for doc in by_kind(docs, "Deployment")
-        if doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == "avatar-server"
+        doc
+        for doc in by_kind(docs, "Deployment")
+        if doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name")
+        == "avatar-server"
     ]
 
 
 def config_map(docs: list[dict[str, Any]], prefix: str) -> dict[str, str]:
-    return next(doc for doc in by_kind(docs, "ConfigMap") if doc["metadata"]["name"].startswith(prefix))["data"]
+    return next(
+        doc for doc in by_kind(docs, "ConfigMap") if doc["metadata"]["name"].startswith(prefix)
+    )["data"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_validates_against_the_kubernetes_schema(variant, version: str) -> None:
     _, docs = variant
     monitoring = [
-        doc for path in sorted((KUBE / "monitoring").glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text()) if doc
+        doc
+        for path in sorted((KUBE / "monitoring").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
     ]
     assert len(docs) >= 12
     for doc in docs + monitoring:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, error.path))}: {error.message}")
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']}: "
+                f"{'.'.join(map(str, error.path))}: {error.message}"
+            )
 
 
 def test_variants_hold_the_parts_the_issue_names(variant) -> None:
     name, docs = variant
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget",
-            "HorizontalPodAutoscaler", "ConfigMap", "Namespace"} <= kinds
+    assert {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+        "Namespace",
+    } <= kinds
     names = {doc["metadata"]["name"] for doc in docs}
     assert {"avatar-redis", "avatar-balancer", "avatar-web", "avatar-server-headless"} <= names
     (server,) = server_deployments(docs)
-    assert server["metadata"]["name"] == ("avatar-server-gpu" if name == "gpu" else "avatar-server-cpu")
+    assert server["metadata"]["name"] == (
+        "avatar-server-gpu" if name == "gpu" else "avatar-server-cpu"
+    )
     if kubectl_used := shutil.which("kubectl"):
-        assert kubectl_used and {doc["metadata"].get("namespace", "avatar") for doc in docs} == {"avatar"}
+        assert kubectl_used and {doc["metadata"].get("namespace", "avatar") for doc in docs} == {
+            "avatar"
+        }
 
 
 def test_servers_probe_the_grpc_health_service_and_outlast_a_turn(variant) -> None:
@@ -139,14 +159,24 @@ def test_server_env_names_are_real_settings(variant) -> None:
     used = set(config_map(docs, "avatar-server-config"))
     for deployment in by_kind(docs, "Deployment"):
         for container in deployment["spec"]["template"]["spec"]["containers"]:
-            used |= {env["name"] for env in container.get("env", []) if env["name"].startswith("AVATAR_")}
-    used -= {"AVATAR_BALANCER_PORT", "AVATAR_UPSTREAM_SERVERS", "AVATAR_RESOLVER"}  # nginx template's
+            used |= {
+                env["name"] for env in container.get("env", []) if env["name"].startswith("AVATAR_")
+            }
+    used -= {
+        "AVATAR_BALANCER_PORT",
+        "AVATAR_UPSTREAM_SERVERS",
+        "AVATAR_RESOLVER",
+    }  # nginx template's
     assert used - known - AWAITED_SETTINGS == set()
 
 
 def test_headless_service_and_pdb_select_every_server_pod(variant) -> None:
     _, docs = variant
-    service = next(doc for doc in by_kind(docs, "Service") if doc["metadata"]["name"] == "avatar-server-headless")
+    service = next(
+        doc
+        for doc in by_kind(docs, "Service")
+        if doc["metadata"]["name"] == "avatar-server-headless"
+    )
     assert service["spec"]["clusterIP"] == "None"
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     for deployment in server_deployments(docs):
@@ -159,7 +189,9 @@ def test_autoscaler_uses_a_metric_the_service_exports_and_the_adapter_serves(var
     _, docs = variant
     exported = {metric.name for metric in Metrics().registry.collect()}
     adapter = yaml.safe_load(
-        yaml.safe_load((KUBE / "monitoring" / "prometheus-adapter-rules.yaml").read_text())["data"]["config.yaml"]
+        yaml.safe_load((KUBE / "monitoring" / "prometheus-adapter-rules.yaml").read_text())["data"][
+            "config.yaml"
+        ]
     )
     served = {rule["name"]["as"] for rule in adapter["rules"]}
     deployments = {doc["metadata"]["name"] for doc in server_deployments(docs)}
@@ -176,12 +208,25 @@ def test_balancer_renders_the_deploy_nginx_template(variant) -> None:
     template = (REPO / "deploy" / "nginx" / "avatar-grpc.conf.template").read_text()
     assert (KUBE / "base" / "avatar-grpc.conf.template").read_text() == template
     assert config_map(docs, "avatar-balancer-nginx")["avatar-grpc.conf.template"] == template
-    balancer = next(doc for doc in by_kind(docs, "Deployment") if doc["metadata"]["name"] == "avatar-balancer")
-    env = {item["name"]: item.get("value", "") for item in balancer["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "avatar-server-headless.$(POD_NAMESPACE).svc.cluster.local:50051 resolve" in env["AVATAR_UPSTREAM_SERVERS"]
+    balancer = next(
+        doc for doc in by_kind(docs, "Deployment") if doc["metadata"]["name"] == "avatar-balancer"
+    )
+    env = {
+        item["name"]: item.get("value", "")
+        for item in balancer["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (
+        "avatar-server-headless.$(POD_NAMESPACE).svc.cluster.local:50051 resolve"
+        in env["AVATAR_UPSTREAM_SERVERS"]
+    )
     assert env["AVATAR_RESOLVER"].startswith("resolver ")
-    web = next(doc for doc in by_kind(docs, "Deployment") if doc["metadata"]["name"] == "avatar-web")
-    web_env = {item["name"]: item.get("value") for item in web["spec"]["template"]["spec"]["containers"][0]["env"]}
+    web = next(
+        doc for doc in by_kind(docs, "Deployment") if doc["metadata"]["name"] == "avatar-web"
+    )
+    web_env = {
+        item["name"]: item.get("value")
+        for item in web["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert web_env["AVATAR_WEB_GRPC_TARGET"] == "avatar-balancer:50051"
 
 
@@ -199,18 +244,26 @@ def test_rendered_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("dockerfile", "image", "script"),
-    [("server.Dockerfile", "avatar-server", "avatar-server"),
-     ("server-gpu.Dockerfile", "avatar-server-gpu", "avatar-server"),
-     ("web.Dockerfile", "avatar-web", "avatar-web")],
+    [
+        ("server.Dockerfile", "avatar-server", "avatar-server"),
+        ("server-gpu.Dockerfile", "avatar-server-gpu", "avatar-server"),
+        ("web.Dockerfile", "avatar-web", "avatar-web"),
+    ],
 )
-def test_dockerfiles_run_real_entry_points_on_the_manifests_ports(dockerfile: str, image: str, script: str) -> None:
+def test_dockerfiles_run_real_entry_points_on_the_manifests_ports(
+    dockerfile: str, image: str, script: str
+) -> None:
     text = (REPO / "deploy" / "docker" / dockerfile).read_text()
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert f'ENTRYPOINT ["{script}"]' in text and script in scripts
     assert "grpc_tools.protoc -I proto" in text  # the stubs are generated, never copied
     for copied in re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M):
         assert (REPO / copied).exists() or copied == "README.md", copied
-    exposed = {int(port) for line in re.findall(r"^EXPOSE (.+)$", text, flags=re.M) for port in line.split()}
+    exposed = {
+        int(port)
+        for line in re.findall(r"^EXPOSE (.+)$", text, flags=re.M)
+        for port in line.split()
+    }
     docs = render(VARIANTS["gpu" if "gpu" in image else "cpu"])
     for deployment in by_kind(docs, "Deployment"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]

@@ -58,6 +58,13 @@ def test_unsupported_sampling_modes_are_refused_by_name() -> None:
         replace_custom_grid_samples(model)
 
 
-def test_standard_ops_are_left_alone() -> None:
+def test_a_plugin_op_in_the_default_domain_is_rewritten_too() -> None:
+    model = _custom_model(0, domain="", op="GridSample3D")
+    assert replace_custom_grid_samples(model) == 1
+
+
+def test_standard_volumetric_grid_sample_is_rewritten_only_for_tensorrt() -> None:
     model = _custom_model(0, domain="", op="GridSample")
-    assert replace_custom_grid_samples(model) == 0
+    del model.graph.node[0].attribute[:]
+    assert replace_custom_grid_samples(model) == 0  # ONNX Runtime runs the standard op itself
+    assert replace_custom_grid_samples(model, volumetric_standard=True) == 1

@@ -32,9 +32,27 @@ from avatar_server.renderers.ditto.onnx_graph import custom_grid_sample_nodes  #
 from avatar_server.renderers.ditto.standin import official_container  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """Tiny networks run many small ops: one thread avoids oversubscribing a shared CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny stand-in .pth files, cfgs and HuBERT (no ONNX export: fast)."""
     folder = tmp_path_factory.mktemp("ditto_tiny")
+    assert checkpoints_cli(["standin", "--size", "tiny", "--no-onnx", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def standin_with_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The complete tiny tree, ONNX files included (exporting takes tens of seconds on a small CPU)."""
+    folder = tmp_path_factory.mktemp("ditto_tiny_onnx")
     assert checkpoints_cli(["standin", "--size", "tiny", str(folder)]) == 0
     return folder
 
@@ -42,11 +60,6 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def torch_networks(standin: Path):
     return load_networks(standin, runtime="pytorch", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def onnx_networks(standin: Path):
-    return load_networks(standin, runtime="onnx", device="cpu")
 
 
 def _inputs(networks, batch: int = 2) -> dict[str, torch.Tensor]:
@@ -65,10 +78,11 @@ def _inputs(networks, batch: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
-def test_standin_writes_every_official_file_name(standin: Path) -> None:
+@pytest.mark.slow
+def test_standin_writes_every_official_file_name(standin_with_onnx: Path) -> None:
     expected = [*layout.PTH_FILES.values(), *layout.ONNX_FILES.values(), layout.HUBERT_AUX, *layout.CFG_FILES]
-    assert [name for name in expected if not (standin / name).is_file()] == []
-    warp = onnx.load(str(standin / layout.ONNX_FILES["warp_network"]))
+    assert [name for name in expected if not (standin_with_onnx / name).is_file()] == []
+    warp = onnx.load(str(standin_with_onnx / layout.ONNX_FILES["warp_network"]))
     assert len(custom_grid_sample_nodes(warp)) == 2  # like the official file: a plugin op ORT cannot run
 
 
@@ -94,7 +108,10 @@ def test_pytorch_runtime_loads_every_pth_and_runs_each_network(torch_networks) -
     assert torch.isfinite(pred_noise).all() and torch.isfinite(x_start).all()
 
 
-def test_onnx_runtime_loads_every_onnx_and_agrees_with_pytorch(torch_networks, onnx_networks) -> None:
+@pytest.mark.slow
+def test_onnx_runtime_loads_every_onnx_and_agrees_with_pytorch(standin_with_onnx: Path) -> None:
+    torch_networks = load_networks(standin_with_onnx, runtime="pytorch", device="cpu")
+    onnx_networks = load_networks(standin_with_onnx, runtime="onnx", device="cpu")
     assert {m.name for m in onnx_networks.describe()} == {f"ditto/{network}" for network in layout.NETWORKS}
     assert onnx_networks.sizes == torch_networks.sizes
     data = _inputs(torch_networks)
@@ -186,7 +203,7 @@ def test_missing_files_are_all_named_with_how_to_get_them(standin: Path, tmp_pat
     shutil.copytree(standin, copy)
     (copy / layout.PTH_FILES["decoder"]).unlink()
     (copy / layout.HUBERT_AUX).unlink()
-    (copy / layout.ONNX_FILES["hubert"]).unlink()
+    (copy / layout.ONNX_FILES["hubert"]).unlink(missing_ok=True)
     (copy / layout.PTH_FILES["warp_network"]).write_bytes(
         b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n"
     )
@@ -219,6 +236,14 @@ def test_config_prefers_the_online_pickle_and_applies_overrides(standin: Path) -
     assert config.model_paths["warp_network_cfg"] == "warp_network_fp16.engine"
     with pytest.raises(ConfigError, match="sampling_step"):
         load_ditto_config(standin, {"sampling_step": 3})
+
+
+def test_every_cfg_pickle_of_the_layout_parses(standin: Path) -> None:
+    from avatar_server.renderers.ditto.config import config_from_cfg, read_cfg_pickle
+
+    configs = {name: config_from_cfg(read_cfg_pickle(standin / name), name) for name in layout.CFG_FILES}
+    assert [c.online_mode for c in configs.values()] == [True, False, False]  # online, pytorch, offline
+    assert configs[layout.CFG_PYTORCH].model_paths["lmdm_cfg"] == "models/lmdm_v0.4_hubert.pth"
 
 
 def test_config_reads_the_real_format_and_refuses_code(tmp_path: Path) -> None:

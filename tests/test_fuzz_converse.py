@@ -253,3 +253,22 @@ def test_nan_and_infinite_segment_lengths_are_refused(channel) -> None:
         config = pb.SessionConfig(output=pb.OutputOptions(segment_seconds=value))
         _, code, details = _converse(channel, [pb.ConverseRequest(config=config)])
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "segment_seconds" in details
+
+
+@pytest.mark.parametrize(("method", "shape"), [
+    ("GetAvatar", "unary"), ("DeleteAvatar", "unary"), ("GetServerInfo", "unary"),
+    ("GetAvatarPreview", "unary"), ("Speak", "server-stream"), ("RegisterAvatar", "client-stream"),
+])
+def test_unparsable_requests_to_every_method_are_invalid_argument(channel, method, shape) -> None:
+    path, garbage = f"/avatar.v1.AvatarService/{method}", b"\x00not protobuf"
+    try:
+        if shape == "unary":
+            channel.unary_unary(path)(garbage, timeout=CALL_TIMEOUT_S)
+        elif shape == "server-stream":
+            list(channel.unary_stream(path)(garbage, timeout=CALL_TIMEOUT_S))
+        else:
+            channel.stream_unary(path)(iter([garbage]), timeout=CALL_TIMEOUT_S)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        code = error.code()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, code

@@ -182,7 +182,7 @@ def test_a_normal_turn_plays_after_fuzzing(bridge) -> None:
     async def turn() -> list[str]:
         kinds = []
         async with aiohttp.ClientSession() as http, http.ws_connect(bridge.url + "/ws") as ws:
-            await ws.receive()  # welcome
+            kinds.append(json.loads((await ws.receive()).data)["type"])
             await ws.send_str(json.dumps({"type": "hello", "v": 1}))
             await ws.send_str(json.dumps({"type": "message", "text": "Still fine after all that?"}))
             while "turn_completed" not in kinds and "error" not in kinds:

@@ -30,7 +30,7 @@ METHOD = "/standin.Echo/Chat"
 
 
 async def _serve_stand_in(name: str, port: int) -> None:
-    """A stand-in upstream: names itself, echoes, and on SIGTERM stops listening but finishes streams."""
+    """A stand-in upstream: names itself, echoes; on SIGTERM stops listening, finishes streams."""
 
     draining = asyncio.Event()
 
@@ -41,7 +41,9 @@ async def _serve_stand_in(name: str, port: int) -> None:
             yield request if greeted else name.encode()
             greeted = True
             if move_after_this_one:  # the running exchange is done: tell the client to move
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: reconnect with your session id")
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "draining: reconnect with your session id"
+                )
 
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
@@ -61,7 +63,9 @@ async def _serve_stand_in(name: str, port: int) -> None:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[NginxBalancer, dict[str, subprocess.Popen]]]:
     if missing := missing_programs():
-        pytest.skip(f"not installed: {', '.join(missing)} (apt-get install -y redis-server nginx-light)")
+        pytest.skip(
+            f"not installed: {', '.join(missing)} (apt-get install -y redis-server nginx-light)"
+        )
     ports = {name: free_port() for name in ("a", "b", "c")}
     processes = {
         name: subprocess.Popen([sys.executable, __file__, name, str(port)])
@@ -92,7 +96,10 @@ class Stream:
 
     async def echo(self, payload: bytes) -> bytes:
         if self.call.done():
-            raise AssertionError(f"stream on {self.instance} ended: {await self.call.code()} {await self.call.details()}")
+            raise AssertionError(
+                f"stream on {self.instance} ended: "
+                f"{await self.call.code()} {await self.call.details()}"
+            )
         await self.call.write(payload)
         return await self.call.read()
 

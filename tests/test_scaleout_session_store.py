@@ -39,7 +39,7 @@ def make_state(session_id: str = "s-1") -> SessionState:
         system_prompt="Be brief.",
         clock_rate=16000,
         fps=25,
-        history=[("user", "안녕하세요"), ("assistant", "Hello! \"quoted\"\nnew line")],
+        history=[("user", "안녕하세요"), ("assistant", 'Hello! "quoted"\nnew line')],
         media_position=123_840,
         next_frame=193,
         next_sequence=7,
@@ -112,7 +112,9 @@ async def test_concurrent_saves_all_land(store) -> None:
     assert [state.session_id for state in loaded] == [f"s-{index}" for index in range(40)]
 
 
-async def test_idle_sessions_expire_after_ttl(kind: str, tmp_path: Path, backing: str | None) -> None:
+async def test_idle_sessions_expire_after_ttl(
+    kind: str, tmp_path: Path, backing: str | None
+) -> None:
     store = open_store(kind, tmp_path, backing, ttl_s=0.3)
     try:
         await store.save(make_state("old"))

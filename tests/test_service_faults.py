@@ -179,8 +179,21 @@ def test_sigterm_drains_finishes_the_turn_and_asks_clients_to_reconnect(data_dir
             await talk.until("video_segment")
             os.kill(service.process.pid, signal.SIGTERM)
             await asyncio.sleep(0.3)
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Not serving: the listener is closed (what balancers and probes act on) and
+            # health reports NOT_SERVING where it can still be asked.
+            try:
+                health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            except grpc.aio.AioRpcError as refused_health:
+                assert refused_health.code() == grpc.StatusCode.UNAVAILABLE
+            async with grpc.aio.insecure_channel(service.target) as fresh:
+                with pytest.raises(grpc.aio.AioRpcError) as refused_connection:
+                    await pb_grpc.AvatarServiceStub(fresh).GetServerInfo(pb.GetServerInfoRequest(), timeout=3)
+                assert refused_connection.value.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                          grpc.StatusCode.DEADLINE_EXCEEDED)
+            talk.say("A new turn while draining is refused as retriable.")
+            refused_turn = (await talk.until("error"))[-1].error
+            assert refused_turn.code == grpc.StatusCode.UNAVAILABLE.value[0] and refused_turn.retriable
             newcomer = Conversation(stub, pb.SessionConfig())
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await newcomer.next()

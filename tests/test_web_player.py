@@ -188,7 +188,7 @@ def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
     brightness.append(_brightness(page))
 
     samples = []
-    for index in range(8):
+    for index in range(24):  # up to ~8 s, while the reply plays (a loaded CPU may stall it)
         snap = page.evaluate(SNAPSHOT)
         if not snap["speaking"]:
             break
@@ -236,7 +236,11 @@ def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
     second = page.evaluate(SNAPSHOT)
     assert second["turn"]["start"] >= end["turn"]["end"] - 0.05
     assert second["t"] > end["t"]
-    assert len(second["buffered"]) == 1 and second["buffered"][0][0] < 0.1, second["buffered"]
+    # One SourceBuffer from 0; a hole between turns can only be the audio track's last AAC
+    # frames (the page seeks to each turn's first frame, behind the idle loop, anyway).
+    ranges = second["buffered"]
+    holes = [b[0] - a[1] for a, b in zip(ranges, ranges[1:], strict=False)]
+    assert ranges[0][0] < 0.1 and all(hole < 0.25 for hole in holes), ranges
     _wait_silent(page)
 
 

@@ -112,26 +112,37 @@ class AvatarServer:
         return self.port
 
     async def drain_and_stop(self) -> None:
-        """NOT_SERVING, no new sessions, running turns get the grace period, clients told to reconnect."""
+        """Stop listening, NOT_SERVING, running turns get the grace period, clients told to reconnect.
+
+        The listener closes first: a gRPC-aware balancer (nginx) moves a new
+        stream to another instance only when the connection is refused, while
+        a status such as UNAVAILABLE would reach the client as an error. Open
+        streams carry on while their turns finish.
+        """
         deps, grace = self.deps, self.settings.shutdown_grace_s
         log.info("draining: %d sessions, grace %.1f s", len(deps.sessions), grace)
+        stopping = asyncio.create_task(self.server.stop(grace=grace + 5.0))
+        await asyncio.sleep(0)  # let stop() close the listener now
         deps.draining = True
         await self.health.enter_graceful_shutdown()
         reconnect = "server is shutting down; reconnect with your session_id"
 
         async def release(session) -> None:  # type: ignore[no-untyped-def]
             await session.wait_turn()
-            await session.save()
+            await session.save_final()
             await session.end(StatusCode.UNAVAILABLE, reconnect)
 
         sessions = list(deps.sessions)
+        for session in sessions:
+            session.stop_taking_turns(reconnect)
         if sessions:
             await asyncio.wait([asyncio.create_task(release(s)) for s in sessions], timeout=grace)
         for session in list(deps.sessions):
             with contextlib.suppress(Exception):
-                await session.save()
+                await session.save_final()
             await session.end(StatusCode.UNAVAILABLE, reconnect)
-        await self.server.stop(grace=2.0)
+        await stopping
+        await asyncio.sleep(0.5)  # let the last statuses leave the socket before the process exits
         for closer in (deps.llm.aclose, deps.tts.aclose, deps.renderer.aclose, deps.store.aclose):
             with contextlib.suppress(Exception):
                 await closer()

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 from aiohttp import WSCloseCode, web
+from avatar.v1 import avatar_pb2
 
 from avatar_web.hub import Hub
 from avatar_web.keys import GRPC_CHANNEL, HUB, PREVIEWS, SETTINGS
@@ -108,7 +109,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _preview(request: web.Request):
+async def _preview(request: web.Request) -> avatar_pb2.AvatarPreview:
     settings = request.app[SETTINGS]
     require_access(request, settings, check_origin=False)
     avatar_id = request.match_info["avatar_id"]

@@ -73,6 +73,8 @@ class Session:
         self._last_activity = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
         self._eviction: asyncio.Task[None] | None = None
+        self._refuse_turns = ""  # set while draining: why new turns are refused
+        self._state_final = False  # saved for the last time here (drain): never overwrite later
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -200,6 +202,9 @@ class Session:
             raise InvalidInput(f"message.text has {len(text)} characters; the limit is {limit}")
         if turn_id and not _TURN_ID.match(turn_id):
             raise InvalidInput("message.turn_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+        if self._refuse_turns:
+            raise AvatarError(self._refuse_turns, code=StatusCode.UNAVAILABLE, stage="session",
+                              retriable=True)
         if self._ending:
             raise AvatarError("session is ending; no new turns", code=StatusCode.FAILED_PRECONDITION,
                               stage="session")
@@ -335,7 +340,17 @@ class Session:
         state.next_sequence = self.media.next_sequence
 
     async def save(self) -> None:
-        await self.deps.store.save(self.state)
+        if not self._state_final:
+            await self.deps.store.save(self.state)
+
+    async def save_final(self) -> None:
+        """Saves once more and never again from this instance (the client resumes elsewhere)."""
+        await self.save()
+        self._state_final = True
+
+    def stop_taking_turns(self, reason: str) -> None:
+        """Draining: the running turn may finish; new ones are refused as retriable."""
+        self._refuse_turns = reason
 
     # ------------------------------------------------------------------ output
     async def send_error(self, error: AvatarError, turn_id: str = "") -> None:

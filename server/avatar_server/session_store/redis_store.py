@@ -72,4 +72,6 @@ class RedisSessionStore:
     def _unavailable(self, error: Exception) -> SessionStoreUnavailable:
         """Names the store without the URL's password."""
         where = self._client.connection_pool.connection_kwargs.get("host", "redis")
-        return SessionStoreUnavailable(f"redis session store at {where}: {type(error).__name__}: {error}")
+        return SessionStoreUnavailable(
+            f"redis session store at {where}: {type(error).__name__}: {error}"
+        )

@@ -10,7 +10,7 @@ SESSION_STORE_NAMES = ("memory", "sqlite", "redis")
 
 
 def create_session_store(settings: Settings) -> SessionStore:
-    """The store for `settings.session_store`: memory (one process), sqlite (one machine) or redis."""
+    """The store `settings.session_store` names: memory, sqlite (one machine) or redis (many)."""
     name = settings.session_store.strip().lower()
     if name == "memory":
         from avatar_server.session_store.memory import MemorySessionStore
@@ -25,6 +25,7 @@ def create_session_store(settings: Settings) -> SessionStore:
 
         return RedisSessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
     raise InvalidInput(
-        f"unknown session store {settings.session_store!r}; choose one of {', '.join(SESSION_STORE_NAMES)}",
+        f"unknown session store {settings.session_store!r}; "
+        f"choose one of {', '.join(SESSION_STORE_NAMES)}",
         stage="server",
     )

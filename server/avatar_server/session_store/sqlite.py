@@ -42,7 +42,9 @@ class SqliteSessionStore:
 
     async def save(self, state: SessionState) -> None:
         state.updated_at = time.time()
-        await self._run(self._upsert, state.session_id, json.dumps(state_to_dict(state)), state.updated_at)
+        await self._run(
+            self._upsert, state.session_id, json.dumps(state_to_dict(state)), state.updated_at
+        )
 
     async def delete(self, session_id: str) -> None:
         await self._run(self._delete, session_id)
@@ -80,7 +82,9 @@ class SqliteSessionStore:
         ).fetchone()
         return None if row is None else row[0]
 
-    def _upsert(self, connection: sqlite3.Connection, session_id: str, state: str, updated_at: float) -> None:
+    def _upsert(
+        self, connection: sqlite3.Connection, session_id: str, state: str, updated_at: float
+    ) -> None:
         with connection:
             connection.execute(
                 "INSERT INTO sessions (session_id, state, updated_at) VALUES (?, ?, ?) "
@@ -89,7 +93,9 @@ class SqliteSessionStore:
                 (session_id, state, updated_at),
             )
             if self._ttl_s > 0:
-                connection.execute("DELETE FROM sessions WHERE updated_at < ?", (self._oldest_kept(),))
+                connection.execute(
+                    "DELETE FROM sessions WHERE updated_at < ?", (self._oldest_kept(),)
+                )
 
     def _delete(self, connection: sqlite3.Connection, session_id: str) -> None:
         with connection:

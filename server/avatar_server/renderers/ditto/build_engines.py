@@ -104,7 +104,7 @@ def plan_builds(
 def prepared_onnx(plan: BuildPlan) -> bytes:
     """The ONNX bytes handed to the parser: custom grid samples replaced by standard ops."""
     model = onnx.load(str(plan.onnx_path))
-    replaced = replace_custom_grid_samples(model)
+    replaced = replace_custom_grid_samples(model, volumetric_standard=True)
     if replaced:
         log.info("%s: %d custom grid sample(s) rewritten", plan.network, replaced)
     return model.SerializeToString()

@@ -37,7 +37,7 @@ from avatar_server.renderers.ditto.motion_diffusion import (
     sample_motion,
     window_noise,
 )
-from avatar_server.renderers.ditto.putback import to_rgb24
+from avatar_server.renderers.ditto.putback import to_rgb24_async
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,15 @@ class _Job:
     items: int
     deadline: float
     order: int
+
+
+@dataclass
+class _RenderInFlight:
+    """A render batch whose frames are on their way to pinned host memory."""
+
+    jobs: list[_Job]
+    hosts: list[torch.Tensor]
+    event: Any  # torch.cuda.Event, None on CPU (copies there are synchronous)
 
 
 def snap(count: int, sizes: Sequence[int]) -> int:
@@ -275,19 +284,49 @@ class DittoEngine:
         return taken
 
     def _work(self) -> None:
+        """Ticks until closed. A render batch's frames are copied to the host while the next tick's
+        work is launched; they are handed out once that copy is done (or when the queue runs dry)."""
+        in_flight: _RenderInFlight | None = None
         while True:
             with self._lock:
                 while not self._closing and (self._paused or not any(self._queues.values())):
+                    if in_flight is not None:
+                        break
                     self._lock.wait()
-                if self._closing:
+                if self._closing or self._paused or not any(self._queues.values()):
+                    taken = None
+                else:
+                    taken = self._take()
+                closing = self._closing
+            if taken is None:
+                if in_flight is not None:
+                    self._complete_render(in_flight)
+                    in_flight = None
+                if closing:
                     return
-                taken = self._take()
+                continue
             for job in taken["call"]:
                 self._finish([job], lambda jobs: [jobs[0].payload[0](*jobs[0].payload[1])])
-            for kind, runner in (("features", self._run_features), ("window", self._run_windows),
-                                 ("render", self._run_render)):
-                if taken[kind]:
-                    self._finish(taken[kind], runner)
+            if taken["features"]:
+                self._finish(taken["features"], self._run_features)
+            # windows and frames: the kind holding the most urgent job goes first
+            kinds = sorted((k for k in ("window", "render") if taken[k]),
+                           key=lambda k: min(job.deadline for job in taken[k]))
+            for kind in kinds:
+                if kind == "window":
+                    if in_flight is not None:  # hand out finished frames before a long window
+                        self._complete_render(in_flight)
+                        in_flight = None
+                    self._finish(taken["window"], self._run_windows)
+                    continue
+                launched = None
+                try:
+                    launched = self._launch_render(taken["render"])
+                except Exception:  # find the failing job: run them one by one, synchronously
+                    self._finish(taken["render"], self._run_render)
+                if in_flight is not None:
+                    self._complete_render(in_flight)
+                in_flight = launched
 
     def _finish(self, jobs: list[_Job], runner: Callable[[list[_Job]], list[Any]]) -> None:
         """Runs a batch; on failure re-runs each job alone so only the failing one sees an error."""
@@ -366,8 +405,30 @@ class DittoEngine:
         stitched = self.networks.stitch(kp_source, kp_driving)
         return self.networks.decode(self.networks.warp(feature, kp_source, stitched))
 
-    @torch.inference_mode()
     def _run_render(self, jobs: list[_Job]) -> list[np.ndarray]:
+        """Renders synchronously (the per-job fallback path)."""
+        in_flight = self._launch_render(jobs)
+        if in_flight.event is not None:
+            in_flight.event.synchronize()
+        return [host.numpy() for host in in_flight.hosts]
+
+    def _complete_render(self, in_flight: _RenderInFlight) -> None:
+        """Waits for a launched batch's host copies and hands each job its frames."""
+        started = time.perf_counter()
+        try:
+            if in_flight.event is not None:
+                in_flight.event.synchronize()
+        except Exception as exc:
+            for job in in_flight.jobs:
+                job.future.set_exception(RenderError(f"Ditto render failed: {exc}"))
+            return
+        self._timed("render_wait", sum(job.items for job in in_flight.jobs), started)
+        for job, host in zip(in_flight.jobs, in_flight.hosts):
+            job.future.set_result(host.numpy())
+
+    @torch.inference_mode()
+    def _launch_render(self, jobs: list[_Job]) -> _RenderInFlight:
+        """Queues stitch+warp+decode+paste of a batch and the copies of its frames to the host."""
         started = time.perf_counter()
         features, sources, drivings = [], [], []
         for job in jobs:
@@ -387,15 +448,19 @@ class DittoEngine:
         )[:count]
         self._timed("stitch_warp_decode", count, started)
         started = time.perf_counter()
-        results, offset = [], 0
+        hosts, offset = [], 0
         for job in jobs:
             request = job.payload
             index = torch.from_numpy(request.template_index).to(self.device)
             frames = request.avatar.paste.paste(renders[offset : offset + job.items], index)
-            results.append(to_rgb24(frames))
+            hosts.append(to_rgb24_async(frames))
             offset += job.items
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
         self._timed("paste_back", count, started)
-        return results
+        return _RenderInFlight(jobs, hosts, event)
 
     @torch.inference_mode()
     def _warm_up(self) -> None:

@@ -35,9 +35,6 @@ __all__ = [
     "require_checkpoints",
 ]
 
-# The diffusion schedule the LMDM was trained with (for the DDIM loop): 1000 cosine steps,
-# `networks.lmdm.cosine_alphas_cumprod()` gives the cumulative alphas, guidance weight 2 is inside `lmdm`.
-
 
 @dataclass(frozen=True)
 class NetworkSizes:
@@ -110,7 +107,8 @@ class DittoNetworks(Protocol):
         float32, with classifier-free guidance weight 2 already applied inside (the unconditioned and
         conditioned passes run as one batch of 2B in PyTorch), exactly as the official ONNX computes
         it: x_start = unc + 2 * (cond - unc); pred_noise = (x - sqrt(a_t) x_start) / sqrt(1 - a_t)
-        with the cosine schedule's cumulative alpha a_t.
+        with the cosine schedule's cumulative alpha a_t (1000 steps; the table is
+        `avatar_server.renderers.ditto.networks.lmdm.cosine_alphas_cumprod()`).
         """
         ...
 

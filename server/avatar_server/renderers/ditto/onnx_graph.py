@@ -26,13 +26,28 @@ ZEROS_NAMES = {"zeros", "zero", "constant", 0}
 
 
 def is_custom_grid_sample(node: onnx.NodeProto) -> bool:
-    """True for a grid-sample node in a non-standard domain (the plugin op)."""
-    return "gridsample" in node.op_type.lower() and node.domain not in STANDARD_DOMAINS
+    """True for a grid-sample op that is not the standard one (the plugin op, whatever its domain)."""
+    standard = node.domain in STANDARD_DOMAINS and node.op_type == "GridSample"
+    return "gridsample" in node.op_type.lower() and not standard
 
 
 def custom_grid_sample_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The custom grid-sample nodes of a model's main graph."""
     return [node for node in model.graph.node if is_custom_grid_sample(node)]
+
+
+def _volumetric_standard_grid_samples(model: onnx.ModelProto) -> set[str]:
+    """Output names of standard GridSample nodes whose grid is 5-D (TensorRT's GridSample is 2-D only)."""
+    candidates = [n for n in model.graph.node if n.op_type == "GridSample" and n.domain in STANDARD_DOMAINS]
+    if not candidates:
+        return set()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in [*inferred.graph.value_info, *inferred.graph.input]
+        if value.type.tensor_type.HasField("shape")
+    }
+    return {n.output[0] for n in candidates if ranks.get(n.input[1]) == 5}
 
 
 def _attribute(node: onnx.NodeProto, *names: str, default: object) -> object:
@@ -129,13 +144,15 @@ def _trilinear(builder: _Builder, volume: str, grid: str, output: str, align_cor
     b.nodes.append(helper.make_node("Reshape", [accumulated, output_shape], [output], name=f"{b.prefix}/out"))
 
 
-def replace_custom_grid_samples(model: onnx.ModelProto) -> int:
-    """Replaces every custom grid-sample node in place; returns how many were replaced."""
+def replace_custom_grid_samples(model: onnx.ModelProto, *, volumetric_standard: bool = False) -> int:
+    """Replaces every custom grid-sample node in place (and, with `volumetric_standard`, standard
+    GridSample nodes on 5-D grids, for TensorRT); returns how many were replaced."""
     graph = model.graph
+    standard_5d = _volumetric_standard_grid_samples(model) if volumetric_standard else set()
     rewritten: list[onnx.NodeProto] = []
     replaced = 0
     for node in list(graph.node):
-        if not is_custom_grid_sample(node):
+        if not is_custom_grid_sample(node) and not (node.output and node.output[0] in standard_5d):
             rewritten.append(node)
             continue
         mode = _attribute(node, "mode", "interpolation_mode", default="bilinear")

@@ -61,7 +61,12 @@ class PasteBack:
         return warped * mask + self.backgrounds[template_index] * (1.0 - mask)
 
 
-def to_rgb24(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) 0..1 -> (B, H, W, 3) uint8 on the host."""
-    pixels = (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+def to_rgb24_async(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) 0..1 -> (B, H, W, 3) uint8 host tensor, copied without waiting on a GPU
+    (pinned memory): read it only after the device has reached this point (an event)."""
+    pixels = (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if pixels.device.type == "cpu":
+        return pixels
+    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(pixels, non_blocking=True)
+    return host
