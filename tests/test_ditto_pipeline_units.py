@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from avatar_server.renderers.ditto.audio_features import (  # noqa: E402
+from avatar_server.renderers.ditto.audio_features import (
     CHUNK_SAMPLES,
     PRIMING_SAMPLES,
     SAMPLES_PER_FRAME,
@@ -17,8 +17,8 @@ from avatar_server.renderers.ditto.audio_features import (  # noqa: E402
     AudioChunker,
     chunk_features,
 )
-from avatar_server.renderers.ditto.avatar_prep import crop_affine, eye_features, mirror_index  # noqa: E402
-from avatar_server.renderers.ditto.keypoints import (  # noqa: E402
+from avatar_server.renderers.ditto.avatar_prep import crop_affine, eye_features, mirror_index
+from avatar_server.renderers.ditto.keypoints import (
     LIP_KEYPOINTS,
     MOTION_DIM,
     SourceFace,
@@ -27,7 +27,7 @@ from avatar_server.renderers.ditto.keypoints import (  # noqa: E402
     driven_keypoints,
     rotation_matrices,
 )
-from avatar_server.renderers.ditto.motion_diffusion import (  # noqa: E402
+from avatar_server.renderers.ditto.motion_diffusion import (
     MotionStream,
     StreamOptions,
     ddim_steps,
@@ -35,7 +35,7 @@ from avatar_server.renderers.ditto.motion_diffusion import (  # noqa: E402
     smooth_frames,
     window_noise,
 )
-from avatar_server.renderers.ditto.putback import PasteBack, soft_square_mask  # noqa: E402
+from avatar_server.renderers.ditto.putback import PasteBack, soft_square_mask
 
 
 # ----- audio ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ MAX_TEXT_CHARS = 300
 MAX_MESSAGE_BYTES = 1 << 20
 CALL_TIMEOUT_S = 15.0
 CONVERSE = "/avatar.v1.AvatarService/Converse"
-FUZZ = settings(max_examples=25, deadline=None, database=None,
+FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 # Statuses a stream may end with: each names a client mistake or a limit, never a server fault.

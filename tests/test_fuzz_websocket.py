@@ -16,22 +16,20 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, VENV_BIN, ServiceProcess, free_port, start_service_process, stop_process
+from conftest import REPO, VENV_BIN, ServiceProcess, free_port, stop_process
 
 MAX_MESSAGE_BYTES = 4096  # larger text frames: an error, the socket stays
 MAX_FRAME_BYTES = 65536  # larger frames: close 1009
-REPLY_TIMEOUT_S = 20.0
-FUZZ = settings(max_examples=25, deadline=None, database=None,
+REPLY_TIMEOUT_S = 45.0  # generous: a loaded CI box is slow, a hang is still caught
+FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-ALLOWED_CLOSES = {1009, 4000}
 
 
 class Bridge:
@@ -56,8 +54,9 @@ class Bridge:
 
 
 @pytest.fixture(scope="module")
-def bridge(data_dir: Path) -> Iterator[Bridge]:
-    service = start_service_process(data_dir, env={"AVATAR_MAX_SESSIONS": "8"})
+def bridge(service_process: ServiceProcess) -> Iterator[Bridge]:
+    """The bridge in front of the suite's shared `avatar-server` (embedded defaults)."""
+    service = service_process
     port = free_port()
     environment = dict(os.environ, AVATAR_WEB_MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES),
                        AVATAR_WEB_MAX_FRAME_BYTES=str(MAX_FRAME_BYTES), AVATAR_WEB_HELLO_TIMEOUT_S="60")
@@ -78,7 +77,6 @@ def bridge(data_dir: Path) -> Iterator[Bridge]:
         bridge.assert_alive()
     finally:
         stop_process(process)
-        stop_process(service.process)
         bridge.loop.close()
 
 
@@ -108,9 +106,17 @@ def frames(draw: st.DrawFn) -> tuple[str, object]:
         return "text", draw(st.text(max_size=200))
     if choice == "binary":
         return "binary", draw(st.binary(max_size=512))
-    if choice == "big":  # over max_message_bytes, under the frame cap
-        return "text", json.dumps({"type": "message", "text": "y" * draw(st.integers(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES - 100))})
-    return "text", "z" * (MAX_FRAME_BYTES + draw(st.integers(1, 1000)))
+    if choice == "big":  # over max_message_bytes, under the frame cap (built when sent: short reprs)
+        return "big", draw(st.integers(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES - 100))
+    return "huge", MAX_FRAME_BYTES + draw(st.integers(1, 1000))
+
+
+def _materialised(kind: str, frame: object) -> tuple[str, object]:
+    if kind == "big":
+        return "text", json.dumps({"type": "message", "text": "y" * int(frame)})  # type: ignore[call-overload]
+    if kind == "huge":
+        return "text", "z" * int(frame)  # type: ignore[call-overload]
+    return kind, frame
 
 
 def _refused_for_sure(kind: str, frame: object) -> bool:
@@ -149,7 +155,8 @@ async def _play(bridge: Bridge, hello_first: bool, sequence: list[tuple[str, obj
         assert welcome["type"] == "welcome"
         if hello_first:
             await ws.send_str(json.dumps({"type": "hello", "v": 1, "video": False}))
-        for index, (kind, frame) in enumerate(sequence):
+        for index, (label, size_or_frame) in enumerate(sequence):
+            kind, frame = _materialised(label, size_or_frame)
             if kind == "binary":
                 await ws.send_bytes(frame)  # type: ignore[arg-type]
             else:
@@ -159,11 +166,11 @@ async def _play(bridge: Bridge, hello_first: bool, sequence: list[tuple[str, obj
             seen, closed = await _until_pong(ws, probe)
             errors = [m for m in seen if m.get("type") == "error"]
             if closed is not None:
-                assert closed in ALLOWED_CLOSES, (closed, seen, frame if kind == "binary" else str(frame)[:200])
-                if closed == 4000:
-                    assert errors and errors[-1]["source"] == "service", seen
-                else:
-                    assert len(str(frame).encode()) > MAX_FRAME_BYTES
+                if label == "huge":  # over the frame cap: 1009, or 1006 when the server's close
+                    assert closed in (1009, 1006), closed  # races our own ping still being written
+                    return
+                assert closed == 4000, (closed, seen, label, str(frame)[:200])
+                assert errors and errors[-1]["source"] == "service", seen  # explained, then closed
                 return
             assert all(isinstance(e.get("code"), int) and e.get("reason") for e in errors), errors
             if _refused_for_sure(kind, frame):

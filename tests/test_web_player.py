@@ -178,7 +178,9 @@ def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
     assert facts["renderer"] == "lipsync" and facts["llm"] == "echo" and facts["voice"] != "–"
     idle_before = page.evaluate(SNAPSHOT)["idleT"]
 
-    _say(page, "Hello there! The quick brown fox jumps over the lazy dog, twice over.")
+    # Long enough to sample playback several times even when a loaded CPU slows the page down.
+    _say(page, "Hello there! The quick brown fox jumps over the lazy dog, twice over. "
+               "Then it rests in the shade, and the dog, still lazy, does not move at all.")
     page.wait_for_selector("#log li.avatar", timeout=TURN_TIMEOUT_MS)
     page.wait_for_function("document.querySelector('#log li.avatar').textContent"
                            ".includes('quick brown fox')", timeout=TURN_TIMEOUT_MS)

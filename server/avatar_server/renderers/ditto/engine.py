@@ -27,9 +27,13 @@ import numpy as np
 import torch
 
 from avatar_server.errors import AvatarError, CapacityExhausted, RenderError
-from avatar_server.renderers.ditto.audio_features import CHUNK_SAMPLES, chunk_features, silence_chunk
+from avatar_server.renderers.ditto.audio_features import (
+    CHUNK_SAMPLES,
+    chunk_features,
+    silence_chunk,
+)
 from avatar_server.renderers.ditto.avatar_prep import DeviceAvatar
-from avatar_server.renderers.ditto.keypoints import driven_keypoints, SourceFace
+from avatar_server.renderers.ditto.keypoints import SourceFace, driven_keypoints
 from avatar_server.renderers.ditto.motion_diffusion import (
     DdimStep,
     WindowPlan,
@@ -151,9 +155,10 @@ class DittoEngine:
         self._paused = 0
         self._order = 0
         self._capacity = options.capacity_fps
-        self._render_core: Callable[..., torch.Tensor] = self._stitch_warp_decode
+        self._compiled_render: Callable[..., torch.Tensor] | None = None
         if options.compile_render:
-            self._render_core = torch.compile(self._stitch_warp_decode, dynamic=False)
+            self._compiled_render = torch.compile(self._stitch_warp_decode, dynamic=False)
+        self.compile_error = ""
         self._graphs: dict[int, _GraphedSampler] = {}
         self.graph_error = ""
         self._thread = threading.Thread(target=self._work, name="ditto-engine", daemon=True)
@@ -401,6 +406,24 @@ class DittoEngine:
                 return None
         return self._graphs[size]
 
+    def _render_core(self, feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
+        """Stitch + warp + decode, compiled when asked and compilable, else eager."""
+        if self._compiled_render is not None:
+            try:
+                return self._compiled_render(feature, kp_source, kp_driving)
+            except Exception as exc:  # inductor can fail on a runtime's modules: keep serving eagerly
+                self.compile_error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                log.warning("torch.compile of the Ditto render failed, running it eagerly: %s", self.compile_error)
+                self._compiled_render = None
+        return self._stitch_warp_decode(feature, kp_source, kp_driving)
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        """Host array -> device tensor without making the host wait for queued GPU work."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def _stitch_warp_decode(self, feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
         stitched = self.networks.stitch(kp_source, kp_driving)
         return self.networks.decode(self.networks.warp(feature, kp_source, stitched))
@@ -430,14 +453,15 @@ class DittoEngine:
     def _launch_render(self, jobs: list[_Job]) -> _RenderInFlight:
         """Queues stitch+warp+decode+paste of a batch and the copies of its frames to the host."""
         started = time.perf_counter()
-        features, sources, drivings = [], [], []
+        features, sources, drivings, indices = [], [], [], []
         for job in jobs:
             request: FrameRequest = job.payload
-            index = torch.from_numpy(request.template_index).to(self.device)
+            index = self._upload(request.template_index)
+            indices.append(index)
             avatar = request.avatar
             source = SourceFace(avatar.source.motion[index], avatar.source.canonical_kp[index])
-            motion = torch.from_numpy(request.motion).to(self.device)
-            d0 = torch.from_numpy(request.d0).to(self.device).expand_as(motion)
+            motion = self._upload(request.motion)
+            d0 = self._upload(request.d0).expand_as(motion)
             drivings.append(driven_keypoints(motion, d0, source))
             sources.append(avatar.source_keypoints[index])
             features.append(avatar.appearance[index])
@@ -449,10 +473,8 @@ class DittoEngine:
         self._timed("stitch_warp_decode", count, started)
         started = time.perf_counter()
         hosts, offset = [], 0
-        for job in jobs:
-            request = job.payload
-            index = torch.from_numpy(request.template_index).to(self.device)
-            frames = request.avatar.paste.paste(renders[offset : offset + job.items], index)
+        for job, index in zip(jobs, indices):
+            frames = job.payload.avatar.paste.paste(renders[offset : offset + job.items], index)
             hosts.append(to_rgb24_async(frames))
             offset += job.items
         event = None
