@@ -13,7 +13,7 @@ WEB_PORT  ?= 7135
 # install the CUDA build of their choice instead (see checkpoints/README.md).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run server web test test-fast bench loadtest soak scaleout engines standin stubs venv dev-venv system-deps clean
+.PHONY: run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,7 @@ test-fast: dev-venv stubs
 
 bench: dev-venv stubs
 	$(PY) bench/bench_service.py --turns 12
+	$(PY) bench/bench_encoder.py
 	$(PY) bench/bench_lipsync.py
 	$(PY) bench/bench_rest.py
 
@@ -83,6 +84,15 @@ loadtest: dev-venv stubs
 
 soak: dev-venv stubs
 	$(PY) bench/soak.py --sessions 8 --turns 200
+
+# One session, 30 minutes of media: audio and video end within one frame.
+drift: dev-venv stubs
+	$(PY) bench/drift.py --minutes 30
+
+# Ditto on a GPU with full-size stand-ins (see bench/RESULTS.md for the device commands).
+bench-gpu: dev-venv stubs
+	$(VENV)/bin/avatar-checkpoints standin --size full --no-onnx checkpoints-full
+	$(PY) bench/bench_ditto_gpu.py --checkpoints checkpoints-full --out bench/out --compile --sessions 1,4,8,16
 
 scaleout: dev-venv stubs system-deps
 	$(PY) bench/scaleout.py

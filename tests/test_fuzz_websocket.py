@@ -3,7 +3,8 @@
 A real `avatar-server` and a real `avatar-web` run as subprocesses. Every frame a page
 sends must be answered (an `error` message for anything refused, the normal reply
 otherwise), the only closes allowed are the documented ones (1009 for a frame over
-the hard cap, 4000 after the service ended the session with an explained error), and
+the hard cap, seen as 1006 when it races the client's next write; 4000 after the service
+ended the session with an explained error), and
 afterwards both processes are alive and a normal turn plays. Bounded for CI.
 """
 

@@ -75,8 +75,8 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def _watched(data_dir: Path) -> dict[str, tuple[int, int]]:
-    """The whole pytest temp tree (the data folder's surroundings) and /etc/passwd."""
-    listing = _tree(data_dir.parent.parent)
+    """This run's whole pytest temp tree (the data folder and its neighbours) and /etc/passwd."""
+    listing = _tree(data_dir.parent)
     passwd = os.stat("/etc/passwd")
     listing["/etc/passwd"] = (passwd.st_size, passwd.st_mtime_ns)
     return listing

@@ -20,6 +20,7 @@ from avatar_server.providers.registry import create_language_model, create_speec
 from avatar_server.renderers.registry import create_renderer
 from avatar_server.service.auth import ApiKeyInterceptor, parse_api_keys
 from avatar_server.service.deps import ServiceDeps
+from avatar_server.service.malformed import MalformedRequestInterceptor
 from avatar_server.service.metrics import Metrics
 from avatar_server.service.servicer import AvatarServicer
 from avatar_server.session_store.registry import create_session_store
@@ -50,7 +51,7 @@ async def build_deps(settings: Settings) -> ServiceDeps:
     renderer = create_renderer(settings)
     tts = create_speech_synthesizer(settings)
     await tts.load_voices()
-    return ServiceDeps(
+    deps = ServiceDeps(
         settings=settings,
         avatars=avatars,
         renderer=renderer,
@@ -60,6 +61,8 @@ async def build_deps(settings: Settings) -> ServiceDeps:
         metrics=Metrics(),
         instance_id=settings.instance_id or socket.gethostname(),
     )
+    deps.metrics.send_queue.set_function(lambda: sum(s.queued_events for s in list(deps.sessions)))
+    return deps
 
 
 class AvatarServer:
@@ -78,6 +81,7 @@ class AvatarServer:
                     code=StatusCode.FAILED_PRECONDITION, stage="server",
                 )
             interceptors.append(ApiKeyInterceptor(keys))
+        interceptors.append(MalformedRequestInterceptor())
         self.server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(settings))
         avatar_pb2_grpc.add_AvatarServiceServicer_to_server(AvatarServicer(deps), self.server)
         self.health = health.aio.HealthServicer()
@@ -104,7 +108,7 @@ class AvatarServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_port:
-            self.deps.metrics.serve(settings.metrics_port)
+            self.deps.metrics.serve(settings.metrics_port, settings.host)
         log.info("avatar-server %s listening on %s:%d (renderer=%s llm=%s tts=%s instance=%s auth=%s tls=%s)",
                  __version__, settings.host, self.port, self.deps.renderer.name, self.deps.llm.name,
                  self.deps.tts.name, self.deps.instance_id, "off" if settings.auth_disabled else "on",
@@ -143,6 +147,7 @@ class AvatarServer:
             await session.end(StatusCode.UNAVAILABLE, reconnect)
         await stopping
         await asyncio.sleep(0.5)  # let the last statuses leave the socket before the process exits
+        deps.metrics.stop()
         for closer in (deps.llm.aclose, deps.tts.aclose, deps.renderer.aclose, deps.store.aclose):
             with contextlib.suppress(Exception):
                 await closer()

@@ -100,7 +100,11 @@ class Settings(BaseSettings):
     # --- Ditto renderer -------------------------------------------------------
     checkpoints: Path = Field(Path("checkpoints"), description="Ditto checkpoints folder")
     ditto_runtime: Literal["pytorch", "onnx", "tensorrt"] = Field("pytorch", description="Ditto model runtime")
-    ditto_device: str = Field("auto", description="Device: auto, cpu, cuda, cuda:N")
+    ditto_device: str = Field(
+        "auto",
+        description="Device(s): auto (every visible CUDA device, else cpu), cpu, cuda, cuda:N, or a comma "
+        "list such as cuda:0,cuda:1 (one engine and one weight copy per entry)",
+    )
     ditto_sampling_steps: int = Field(10, description="LMDM DDIM sampling steps")
     ditto_max_size: int = Field(512, description="Largest side of the rendered avatar")
     ditto_template_frames: int = Field(3, description="Idle template frames used from a video avatar")
@@ -112,6 +116,9 @@ class Settings(BaseSettings):
     ditto_compile: bool = Field(False, description="torch.compile warp+decode and CUDA-graph LMDM (GPU)")
     ditto_precision: Literal["auto", "fp16", "fp32"] = Field(
         "auto", description="Ditto compute precision: auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32"
+    )
+    ditto_frame_format: Literal["auto", "rgb24", "yuv420p"] = Field(
+        "auto", description="Frames handed to the encoder: auto (yuv420p converted on CUDA, rgb24 on CPU)"
     )
     ditto_engine_dir: Path | None = Field(
         None, description="TensorRT engine folder (default: checkpoints/ditto_trt_sm<XY>_trt<M.m> from make engines)"

@@ -11,6 +11,7 @@ class Metrics:
     """All service metrics on one registry (one per server, so tests can run several)."""
 
     def __init__(self) -> None:
+        self._http = None  # the /metrics HTTP server, once serving
         self.registry = CollectorRegistry()
         r = self.registry
         self.active_sessions = Gauge("avatar_active_sessions", "Open Converse sessions", registry=r)
@@ -36,6 +37,12 @@ class Metrics:
         )
         self.send_queue = Gauge("avatar_send_queue_depth", "Events waiting to be sent, all sessions", registry=r)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        """Exposes /metrics over HTTP on `port`."""
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str) -> None:
+        """Exposes /metrics over HTTP on `host:port` until `stop`."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

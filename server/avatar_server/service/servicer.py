@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 from avatar.v1 import avatar_pb2 as pb
 from avatar.v1 import avatar_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 
 from avatar_server import __version__
 from avatar_server.errors import AvatarError, InvalidInput, StatusCode
@@ -22,19 +23,19 @@ log = logging.getLogger(__name__)
 _UPLOAD_NAME_MAX = 80
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: AvatarError) -> None:
-    """Ends the call with the error's status (and a retry hint where one helps)."""
-    trailers: tuple[tuple[str, str], ...] = ()
-    if error.code == StatusCode.RESOURCE_EXHAUSTED:
-        trailers = (("retry-after-s", "5"),)
-    await context.abort(grpc.StatusCode[error.code.name], error.message, trailing_metadata=trailers)
-
-
 class AvatarServicer(pb_grpc.AvatarServiceServicer):
     """Implements avatar.v1.AvatarService on top of sessions, avatars and the renderer."""
 
     def __init__(self, deps: ServiceDeps) -> None:
         self.deps = deps
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: AvatarError) -> None:
+        """Ends the call with the error's status (and a retry hint where one helps); counts it."""
+        self.deps.metrics.errors.labels(error.stage, error.code.name).inc()
+        trailers: tuple[tuple[str, str], ...] = ()
+        if error.code == StatusCode.RESOURCE_EXHAUSTED:
+            trailers = (("retry-after-s", "5"),)
+        await context.abort(grpc.StatusCode[error.code.name], error.message, trailing_metadata=trailers)
 
     # ------------------------------------------------------------ conversation
     async def Converse(
@@ -45,20 +46,22 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             first = await anext(requests)
         except StopAsyncIteration:
             return
+        except DecodeError:
+            await self._abort(context, InvalidInput("a request is not a valid ConverseRequest"))
         if first.WhichOneof("request") != "config":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first ConverseRequest must carry config (SessionConfig)")
         try:
             session = await Session.open(self.deps, first.config)
         except AvatarError as error:
-            await _abort(context, error)
+            await self._abort(context, error)
             return
         reader = asyncio.create_task(self._read(session, requests))
         try:
             async for item in session.responses():
                 if isinstance(item, EndStream):
                     if item.code != StatusCode.OK:
-                        await _abort(context, AvatarError(item.message, code=item.code))
+                        await self._abort(context, AvatarError(item.message, code=item.code))
                     return
                 yield item
         finally:
@@ -68,8 +71,12 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
     @staticmethod
     async def _read(session: Session, requests: AsyncIterator[pb.ConverseRequest]) -> None:
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-            async for request in requests:
-                await session.handle(request)
+            try:
+                async for request in requests:
+                    await session.handle(request)
+            except DecodeError:
+                await session.end(StatusCode.INVALID_ARGUMENT, "a request is not a valid ConverseRequest")
+                return
             await session.finish()
 
     async def Speak(
@@ -84,7 +91,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
         try:
             session = await Session.open(self.deps, request.config)
         except AvatarError as error:
-            await _abort(context, error)
+            await self._abort(context, error)
             return
         try:
             await session.start_turn(request.text, "", from_llm=False)
@@ -92,7 +99,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             async for item in session.responses():
                 if isinstance(item, EndStream):
                     if item.code != StatusCode.OK:
-                        await _abort(context, AvatarError(item.message, code=item.code))
+                        await self._abort(context, AvatarError(item.message, code=item.code))
                     return
                 yield item
         finally:
@@ -107,7 +114,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
         try:
             return convert.avatar_pb(await self.deps.avatars.get(request.id))
         except AvatarError as error:
-            await _abort(context, error)
+            await self._abort(context, error)
             raise
 
     async def GetAvatarPreview(self, request: pb.GetAvatarPreviewRequest, context: grpc.aio.ServicerContext) -> pb.AvatarPreview:
@@ -116,7 +123,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             info = await self.deps.avatars.get(avatar_id)
             idle_mp4, poster = await self.deps.avatars.preview(avatar_id)
         except AvatarError as error:
-            await _abort(context, error)
+            await self._abort(context, error)
             raise
         return pb.AvatarPreview(avatar=convert.avatar_pb(info), idle_mp4=idle_mp4, poster_jpeg=poster)
 
@@ -152,8 +159,11 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             info = await self.deps.avatars.register(
                 bytes(data), display_name=metadata.display_name, mime_type=metadata.mime_type
             )
+        except DecodeError:
+            await self._abort(context, InvalidInput("a request is not a valid RegisterAvatarRequest"))
+            raise
         except AvatarError as error:
-            await _abort(context, error)
+            await self._abort(context, error)
             raise
         return convert.avatar_pb(info)
 
@@ -161,7 +171,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
         try:
             await self.deps.avatars.delete(request.id)
         except AvatarError as error:
-            await _abort(context, error)
+            await self._abort(context, error)
             raise
         return pb.DeleteAvatarResponse()
 

@@ -28,7 +28,7 @@ from avatar_server.errors import (
     StatusCode,
 )
 from avatar_server.media.encoder import SegmentEncoder
-from avatar_server.pipeline.events import AudioOut, TurnEvent, TurnReport
+from avatar_server.pipeline.events import AudioOut, SegmentOut, TurnEvent, TurnReport
 from avatar_server.pipeline.turn import SessionMedia, run_turn
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.service import convert
@@ -231,6 +231,11 @@ class Session:
             await task
 
     @property
+    def queued_events(self) -> int:
+        """Events waiting for the client (for the send-queue gauge)."""
+        return self._out.qsize()
+
+    @property
     def turn_running(self) -> bool:
         return self._turn_task is not None and not self._turn_task.done()
 
@@ -264,6 +269,8 @@ class Session:
                      if from_llm else _single(text))
 
             async def emit(event: TurnEvent) -> None:
+                if isinstance(event, SegmentOut):  # counted as sent, so rate() is render frames/s
+                    deps.metrics.frames.inc(event.frames)
                 await self._put(self._event_pb(event, turn_id))
 
             deadline = deps.settings.turn_deadline_s or None
@@ -322,7 +329,6 @@ class Session:
             metrics.first_audio.observe(timings.first_audio_ms / 1000.0)
         if timings.first_segment_ms:
             metrics.first_video.observe(timings.first_segment_ms / 1000.0)
-        metrics.frames.inc(report.frames)
         if report.media_samples:
             metrics.realtime_factor.observe(report.work_seconds / (report.media_samples / self.media.clock_rate))
 
@@ -425,8 +431,8 @@ class Session:
             return
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self._closed = True  # nobody reads any more: the stopping turn's events are dropped, not awaited
         await self.cancel_turn(reason)
-        self._closed = True
         self._turn_task = None
         with contextlib.suppress(Exception):
             await self.save()

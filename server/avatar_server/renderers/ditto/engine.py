@@ -41,7 +41,7 @@ from avatar_server.renderers.ditto.motion_diffusion import (
     sample_motion,
     window_noise,
 )
-from avatar_server.renderers.ditto.putback import to_rgb24_async
+from avatar_server.renderers.ditto.putback import to_i420_async, to_rgb24_async
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class EngineOptions:
     compile_render: bool = False  # torch.compile stitch+warp+decode
     graph_windows: bool = False  # CUDA-graph the whole DDIM loop per window batch size
     warm_up: bool = False  # run every batch shape once at start (compiles / captures before sessions)
+    frame_format: str = "rgb24"  # "rgb24" (n, H, W, 3) or "yuv420p" (n, H * 3 // 2, W), converted on the device
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ class _RenderInFlight:
     event: Any  # torch.cuda.Event, None on CPU (copies there are synchronous)
 
 
+_HOST_CONVERSIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "rgb24": to_rgb24_async,
+    "yuv420p": to_i420_async,
+}
+
+
 def snap(count: int, sizes: Sequence[int]) -> int:
     """The smallest allowed batch size holding `count` (the largest if none does)."""
     for size in sorted(sizes):
@@ -144,8 +151,11 @@ class DittoEngine:
 
     def __init__(self, networks: Any, options: EngineOptions = EngineOptions()) -> None:
         self.networks = networks
+        if options.frame_format not in _HOST_CONVERSIONS:
+            raise RenderError(f"unknown Ditto frame format {options.frame_format!r}: use rgb24 or yuv420p")
         self.options = options
         self.device: torch.device = networks.device
+        self._to_host = _HOST_CONVERSIONS[options.frame_format]
         self.steps: list[DdimStep] = ddim_steps(options.sampling_steps)
         self.stats = StageStats()
         self._lock = threading.Condition()
@@ -157,6 +167,7 @@ class DittoEngine:
         self._capacity = options.capacity_fps
         self._compiled_render: Callable[..., torch.Tensor] | None = None
         if options.compile_render:
+            _allow_recompiles(len(options.render_batch_sizes))
             self._compiled_render = torch.compile(self._stitch_warp_decode, dynamic=False)
         self.compile_error = ""
         self._graphs: dict[int, _GraphedSampler] = {}
@@ -188,7 +199,8 @@ class DittoEngine:
         return self._submit("window", (plan, session_seed), 1, deadline)
 
     def submit_frames(self, request: FrameRequest, deadline: float = 0.0) -> Future:
-        """Frames of one session -> future of (n, H, W, 3) uint8."""
+        """Frames of one session -> future of (n, H, W, 3) uint8 rgb24, or (n, H * 3 // 2, W) I420
+        when the engine's frame_format is yuv420p."""
         count = request.motion.shape[0]
         if count == 0 or request.motion.shape[1:] != (self.networks.motion_dim,):
             raise RenderError(f"frame motion must be (n>0, {self.networks.motion_dim}), got {request.motion.shape}")
@@ -213,6 +225,11 @@ class DittoEngine:
         with self._lock:
             return sum(a.fps for a in self._admitted)
 
+    def session_count(self) -> int:
+        """Sessions admitted now."""
+        with self._lock:
+            return len(self._admitted)
+
     def admit(self, fps: float) -> Admission:
         """Claims `fps` of capacity for a session; raises CapacityExhausted past the budget."""
         with self._lock:
@@ -220,7 +237,7 @@ class DittoEngine:
             budget = self._capacity * self.options.headroom
             if len(self._admitted) >= self.options.max_sessions or load + fps > budget:
                 raise CapacityExhausted(
-                    f"Ditto engine full: {len(self._admitted)} sessions use {load:.0f} of "
+                    f"Ditto engine on {self.device} full: {len(self._admitted)} sessions use {load:.0f} of "
                     f"{budget:.0f} frames/s it can render"
                 )
             admission = Admission(self, fps)
@@ -475,13 +492,13 @@ class DittoEngine:
         hosts, offset = [], 0
         for job, index in zip(jobs, indices):
             frames = job.payload.avatar.paste.paste(renders[offset : offset + job.items], index)
-            hosts.append(to_rgb24_async(frames))
+            hosts.append(self._to_host(frames))
             offset += job.items
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        self._timed("paste_back", count, started)
+        self._timed("paste_back", count, started)  # includes the colour conversion
         return _RenderInFlight(jobs, hosts, event)
 
     @torch.inference_mode()
@@ -525,6 +542,16 @@ class DittoEngine:
         log.info("ditto engine capacity %.1f frames/s (render %.1f ms/frame, window batch of %d %.0f ms)",
                  capacity, 1000 * render_s / render_batch, windows, 1000 * window_s)
         return capacity
+
+
+def _allow_recompiles(shapes: int) -> None:
+    """Every engine compiles the same method, so dynamo keeps one entry per engine (device) and batch
+    shape under one code object: lift its per-code limit (default 8) so a second GPU does not fall
+    back to eager."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 16 * shapes))
 
 
 def _median_seconds(fn: Callable[[], Any], warmup: int = 1, repeat: int = 3) -> float:

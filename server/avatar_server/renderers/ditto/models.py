@@ -31,6 +31,7 @@ __all__ = [
     "DittoNetworks",
     "NetworkSizes",
     "load_ditto_config",
+    "engine_devices",
     "load_networks",
     "require_checkpoints",
 ]
@@ -201,3 +202,24 @@ def network_options_from_settings(settings: Any) -> dict[str, Any]:
         "precision": None if settings.ditto_precision == "auto" else settings.ditto_precision,
         "engine_dir": settings.ditto_engine_dir,
     }
+
+
+def engine_devices(spec: str) -> list[str]:
+    """The devices to run one engine each on: "auto" -> every visible CUDA device (else ["cpu"]);
+    otherwise a comma list ("cuda:0,cuda:1"; "cpu,cpu" gives two CPU engines, for tests)."""
+    if spec.strip() == "auto":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+    devices = [part.strip() for part in spec.split(",")]
+    if not all(devices):
+        raise CheckpointsError(f"empty entry in Ditto device list {spec!r}: use e.g. cuda:0,cuda:1")
+    return devices
+
+
+def resolve_frame_format(setting: str, device: torch.device) -> str:
+    """ "auto" -> yuv420p on CUDA (the encoder's input, converted on the GPU), rgb24 elsewhere."""
+    if setting == "auto":
+        return "yuv420p" if device.type == "cuda" else "rgb24"
+    return setting

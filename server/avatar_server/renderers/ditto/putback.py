@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatar_server.errors import RenderError
+
 
 def soft_square_mask(size: int, inner: float = 0.9) -> np.ndarray:
     """(size, size) float32: 1 inside the central `inner` square, ramping linearly to 0 at the edges."""
@@ -64,7 +66,44 @@ class PasteBack:
 def to_rgb24_async(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) 0..1 -> (B, H, W, 3) uint8 host tensor, copied without waiting on a GPU
     (pinned memory): read it only after the device has reached this point (an event)."""
-    pixels = (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return _to_host_async(_quantized(images).to(torch.uint8).permute(0, 2, 3, 1).contiguous())
+
+
+def to_i420_async(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) 0..1 -> (B, H * 3 // 2, W) uint8 I420 host tensor (Y, then U, then V planes),
+    converted on the images' device and copied like `to_rgb24_async`.
+
+    Matches the encoder's CPU path (swscale's default RGB -> yuv420p, see media/video_frames.py)
+    to within one level: the pixels are first rounded to 8-bit RGB as there, then BT.601 limited
+    range; chroma is the mean of each horizontal pair filtered vertically with (1, 3, 3, 1) / 8
+    (edge rows repeated), which is what swscale's bilinear 2:1 chroma reduction computes.
+    """
+    batch, _, height, width = images.shape
+    if height % 2 or width % 2:
+        raise RenderError(f"yuv420p needs even frame sides, got {width}x{height}")
+    red, green, blue = _quantized(images).unbind(1)
+    luma = 16.0 + (65.481 * red + 128.553 * green + 24.966 * blue) / 255.0
+    blue_diff = 128.0 + (-37.797 * red - 74.203 * green + 112.0 * blue) / 255.0
+    red_diff = 128.0 + (112.0 * red - 93.786 * green - 18.214 * blue) / 255.0
+    planes = [luma] + [_half_chroma(plane) for plane in (blue_diff, red_diff)]
+    flat = torch.cat([(plane + 0.5).clamp(0, 255).to(torch.uint8).flatten(1) for plane in planes], dim=1)
+    return _to_host_async(flat.view(batch, height * 3 // 2, width))
+
+
+def _quantized(images: torch.Tensor) -> torch.Tensor:
+    """0..1 float -> 0..255 float holding whole numbers (what an 8-bit RGB frame holds)."""
+    return torch.floor(images.float().clamp(0, 1) * 255.0 + 0.5)
+
+
+def _half_chroma(plane: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) -> (B, H/2, W/2): horizontal pair mean, then vertical (1, 3, 3, 1) / 8."""
+    pairs = (plane[:, :, 0::2] + plane[:, :, 1::2]) * 0.5
+    padded = torch.cat([pairs[:, :1], pairs, pairs[:, -1:]], dim=1)
+    return (padded[:, 0:-2:2] + 3.0 * padded[:, 1:-1:2] + 3.0 * padded[:, 2::2] + padded[:, 3::2]) * 0.125
+
+
+def _to_host_async(pixels: torch.Tensor) -> torch.Tensor:
+    """A device uint8 tensor -> a host tensor, through pinned memory without waiting (CPU: as is)."""
     if pixels.device.type == "cpu":
         return pixels
     host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)

@@ -3,7 +3,8 @@
 A session turns each turn's 16 kHz speech into exactly one frame per 640 samples: audio is cut
 into HuBERT chunks, features feed sliding LMDM windows, final motion is rendered in small frame
 batches that the engine merges with other sessions' work. Everything heavy runs on the engine's
-worker thread; the event loop only moves small arrays and awaits futures.
+worker thread; the event loop only moves small arrays and awaits futures. With several devices
+there is one engine (and one weight copy) per device; each session lives on the least-loaded one.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import random
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from avatar_server.avatars.model import AvatarAssets
-from avatar_server.errors import InvalidInput
+from avatar_server.errors import CapacityExhausted, InvalidInput
 from avatar_server.renderers.base import Frame, ModelDescription
 from avatar_server.renderers.ditto.audio_features import (
     FRAMES_PER_CHUNK,
@@ -47,27 +49,46 @@ def _weights_id(checkpoints: Path) -> str:
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """One engine's share of the pool, for ServerInfo and metrics."""
+
+    device: str
+    sessions: int
+    load_fps: float  # frames/s promised to its sessions
+    capacity_fps: float  # frames/s it sustains (measured or configured)
+
+
 class DittoRenderer:
-    """Shared Ditto networks and engine; makes one `DittoSession` per conversation."""
+    """Ditto engines (one per device, each with one shared weight copy); makes one `DittoSession` per
+    conversation, placed on the engine with the least admitted load."""
 
     name = "ditto"
     sample_rate = SAMPLE_RATE
 
     def __init__(self, settings: Any, *, networks: Any = None, engine_options: EngineOptions | None = None) -> None:
+        """`networks` (one loaded set) skips loading and gives a single engine; otherwise one set is
+        loaded per device of `settings.ditto_device`."""
         if networks is None:
-            from avatar_server.renderers.ditto.models import load_networks
-
-            networks = load_networks(
-                Path(settings.checkpoints), runtime=settings.ditto_runtime, device=settings.ditto_device
+            from avatar_server.renderers.ditto.models import (
+                engine_devices,
+                load_networks,
+                network_options_from_settings,
             )
-        self.networks = networks
+
+            options = network_options_from_settings(settings)
+            network_sets = [load_networks(Path(settings.checkpoints), **{**options, "device": device})
+                            for device in engine_devices(settings.ditto_device)]
+        else:
+            network_sets = [networks]
+        self.networks = network_sets[0]
         self.stream_options = StreamOptions(
             sampling_steps=settings.ditto_sampling_steps,
             overlap=settings.ditto_overlap,
             stride=settings.ditto_stride,
             first_frames=settings.ditto_first_frames,
         )
-        self.stream_options.validate(networks.seq_frames)
+        self.stream_options.validate(self.networks.seq_frames)
         self._max_size = settings.ditto_max_size
         self._template_frames = settings.ditto_template_frames
         self._weights_id = _weights_id(Path(settings.checkpoints))
@@ -82,37 +103,81 @@ class DittoRenderer:
             graph_windows=settings.ditto_compile,
             warm_up=settings.ditto_compile,
         )
-        self.engine = DittoEngine(networks, options)
+        from avatar_server.renderers.ditto.models import resolve_frame_format
+
+        frame_format = getattr(settings, "ditto_frame_format", "auto")
+        self.engines: list[DittoEngine] = []
+        try:
+            for net in network_sets:
+                engine_format = resolve_frame_format(frame_format, net.device)
+                self.engines.append(DittoEngine(net, replace(options, frame_format=engine_format)))
+        except BaseException:
+            for engine in self.engines:
+                engine.close()
+            raise
+        self.engine = self.engines[0]  # the first (only, on one device) engine
         self._avatars: dict[str, tuple[DeviceAvatar, int]] = {}
         self._avatar_locks: dict[str, asyncio.Lock] = {}
 
     async def open_session(self, avatar: AvatarAssets, *, fps: int, seed: int | None = None) -> DittoSession:
-        """Admits a session (CapacityExhausted when full) and prepares its avatar once."""
+        """Admits a session on the least-loaded engine that can take it (CapacityExhausted when none
+        can) and prepares its avatar there once."""
         if fps != FPS:
             raise InvalidInput(f"the Ditto renderer draws {FPS} fps (one frame per 640 samples), not {fps}")
-        admission = self.engine.admit(fps)
+        index, admission = self._admit(fps)
         try:
-            device_avatar = await self._acquire_avatar(avatar)
+            device_avatar = await self._acquire_avatar(avatar, index)
         except BaseException:
             admission.release()
             raise
-        key = self._avatar_key(avatar)
-        return DittoSession(self, key, device_avatar, admission, random.getrandbits(31) if seed is None else seed)
+        key = self._avatar_key(avatar, index)
+        seed = random.getrandbits(31) if seed is None else seed
+        return DittoSession(self, self.engines[index], key, device_avatar, admission, seed)
 
     def models(self) -> list[ModelDescription]:
-        return list(self.networks.describe())
+        """Every engine's networks (one entry per network and device)."""
+        return [model for engine in self.engines for model in engine.networks.describe()]
 
     def capacity_fps(self) -> float:
-        return self.engine.capacity_fps()
+        """Frames per second all engines sustain together."""
+        return sum(engine.capacity_fps() for engine in self.engines)
+
+    def load_fps(self) -> float:
+        """Frames per second promised to admitted sessions, all engines together."""
+        return sum(engine.load_fps() for engine in self.engines)
+
+    def engine_loads(self) -> list[EngineLoad]:
+        """Sessions, load and capacity of each engine (device)."""
+        return [EngineLoad(str(engine.device), engine.session_count(), engine.load_fps(), engine.capacity_fps())
+                for engine in self.engines]
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.engine.close)
+        for engine in self.engines:
+            await asyncio.to_thread(engine.close)
 
-    def _avatar_key(self, avatar: AvatarAssets) -> str:
-        return f"{avatar.info.id}:{avatar.info.content_sha256}"
+    def _admit(self, fps: float) -> tuple[int, Admission]:
+        """Tries engines from the least admitted load up; the first that has room keeps the session."""
+        order = sorted(range(len(self.engines)), key=lambda i: (self.engines[i].load_fps(), i))
+        refusals = []
+        for index in order:
+            try:
+                return index, self.engines[index].admit(fps)
+            except CapacityExhausted as refusal:
+                refusals.append(refusal.message)
+        if len(self.engines) == 1:
+            raise CapacityExhausted(refusals[0])
+        raise CapacityExhausted(
+            f"all {len(self.engines)} Ditto engines are full ({self.load_fps():.0f} of "
+            f"{self.capacity_fps():.0f} frames/s promised): " + "; ".join(refusals)
+        )
 
-    async def _acquire_avatar(self, avatar: AvatarAssets) -> DeviceAvatar:
-        key = self._avatar_key(avatar)
+    def _avatar_key(self, avatar: AvatarAssets, engine_index: int = 0) -> str:
+        return f"{engine_index}:{avatar.info.id}:{avatar.info.content_sha256}"
+
+    async def _acquire_avatar(self, avatar: AvatarAssets, engine_index: int = 0) -> DeviceAvatar:
+        """The avatar's tensors on one engine's device, prepared (or read from cache) once per device."""
+        key = self._avatar_key(avatar, engine_index)
+        engine = self.engines[engine_index]
         async with self._avatar_locks.setdefault(key, asyncio.Lock()):
             if key in self._avatars:
                 device_avatar, users = self._avatars[key]
@@ -121,12 +186,12 @@ class DittoRenderer:
 
             def prepare() -> DeviceAvatar:
                 prepared = load_or_prepare(
-                    avatar, self.networks, weights_id=self._weights_id,
+                    avatar, engine.networks, weights_id=self._weights_id,
                     max_size=self._max_size, template_frames=self._template_frames,
                 )
-                return DeviceAvatar(prepared, self.networks.device, self.networks.dtype)
+                return DeviceAvatar(prepared, engine.networks.device, engine.networks.dtype)
 
-            device_avatar = await asyncio.wrap_future(self.engine.call(prepare))
+            device_avatar = await asyncio.wrap_future(engine.call(prepare))
             self._avatars[key] = (device_avatar, 1)
             return device_avatar
 
@@ -140,12 +205,15 @@ class DittoRenderer:
 
 
 class DittoSession:
-    """One conversation: its avatar handle, engine slot, noise seed and frame clock."""
+    """One conversation: its engine, avatar handle, engine slot, noise seed and frame clock."""
 
     def __init__(
-        self, renderer: DittoRenderer, avatar_key: str, avatar: DeviceAvatar, admission: Admission, seed: int
+        self, renderer: DittoRenderer, engine: DittoEngine, avatar_key: str, avatar: DeviceAvatar,
+        admission: Admission, seed: int,
     ) -> None:
         self._renderer = renderer
+        self.engine = engine
+        self.frame_format = engine.options.frame_format
         self._avatar_key = avatar_key
         self.avatar = avatar
         self._admission = admission
@@ -162,12 +230,13 @@ class DittoSession:
         try:
             async for frames in turn.frames():
                 for frame in frames:
-                    yield Frame(frame)
+                    yield Frame(frame, self.frame_format)
         finally:
             await turn.stop()
 
     async def idle_frames(self, count: int) -> list[Frame]:
-        """The template frames, walked forth and back (a still for a portrait)."""
+        """The template frames, walked forth and back (a still for a portrait); rgb24 whatever the
+        engine's format (the encoder converts these few on the CPU)."""
         frames = self.avatar.prepared.frames
         out = [Frame(frames[mirror_index(self._clock + i, len(frames))]) for i in range(count)]
         self._clock += count
@@ -196,13 +265,13 @@ class _Turn:
     def __init__(self, session: DittoSession, audio: AsyncIterator[np.ndarray]) -> None:
         renderer = session._renderer
         self._session = session
-        self._engine: DittoEngine = renderer.engine
+        self._engine: DittoEngine = session.engine
         self._audio = audio
         self._chunker = AudioChunker()
         prepared = session.avatar.prepared
         self._motion = MotionStream(
             renderer.stream_options,
-            seq_frames=renderer.networks.seq_frames,
+            seq_frames=session.engine.networks.seq_frames,
             source_motion=prepared.source_motion[0].numpy(),
             silence_feature=self._engine.silence_feature,
             cond_extra=prepared.cond_extra,
