@@ -16,22 +16,19 @@ import pytest
 torch = pytest.importorskip("torch")
 av = pytest.importorskip("av")
 
-from test_ditto_pipeline_engine import (  # noqa: F401  (fixtures are used by name)
-    _render,
-    _settings,
-    _speech,
-    astronaut_avatars,
-    one_cpu_thread,
-    standin_dir,
-)
-
+import test_ditto_pipeline_engine as engine_tests  # its fixtures and helpers, shared
 from avatar_server.errors import CapacityExhausted, RenderError
 from avatar_server.media import SegmentEncoder
 from avatar_server.media.video_frames import FrameConverter
 from avatar_server.renderers.base import Frame
-from avatar_server.renderers.ditto.models import engine_devices
+from avatar_server.renderers.ditto.models import CheckpointsError, engine_devices
 from avatar_server.renderers.ditto.putback import to_i420_async
 from avatar_server.renderers.ditto.renderer import DittoRenderer
+
+# the engine tests' module fixtures, under their names so tests ask for them as usual
+standin_dir, astronaut_avatars, one_cpu_thread = (
+    engine_tests.standin_dir, engine_tests.astronaut_avatars, engine_tests.one_cpu_thread)
+_render, _settings, _speech = engine_tests._render, engine_tests._settings, engine_tests._speech
 
 
 def _cpu_i420(rgb: np.ndarray) -> np.ndarray:
@@ -63,7 +60,7 @@ def _encode_and_decode(frames: list[Frame], width: int, height: int) -> np.ndarr
     """Frames -> fMP4 through SegmentEncoder (lossless, so only the colour conversion differs) ->
     decoded yuv420p pictures."""
     encoder = SegmentEncoder(width=width, height=height, fps=25, clock_rate=16000, crf=0)
-    segment = encoder.encode(frames, np.zeros(len(frames) * 640, np.float32))
+    segment = encoder.encode(frames, np.zeros(len(frames) * 640, np.int16))
     stream = encoder.init_segment() + segment.data
     encoder.close()
     with av.open(io.BytesIO(stream)) as container:
@@ -106,7 +103,7 @@ def test_device_lists() -> None:
     assert engine_devices(" cuda:0, cuda:1 ") == ["cuda:0", "cuda:1"]
     expected = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
     assert engine_devices("auto") == expected
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointsError):
         engine_devices("cuda:0,,cuda:1")
 
 

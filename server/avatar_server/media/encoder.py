@@ -82,6 +82,7 @@ class SegmentEncoder:
         self._audio_pending = np.zeros(0, dtype=np.float32)
         self._audio_frames_in = 0
         self._audio_packets_out = 0
+        self._pending_video: list[fmp4.Sample] = []  # encoded frames of the segment being built
         self._closed = False
         self._init_segment, self.mime_type = self._describe_stream()
 
@@ -91,19 +92,36 @@ class SegmentEncoder:
 
     def encode(self, frames: Sequence[Frame], pcm: np.ndarray) -> EncodedSegment:
         """Encodes the next `frames` and their audio (int16 mono, samples_per_frame per frame)."""
-        if self._closed:
-            raise EncodeError("encoder is closed")
         if not frames:
             raise EncodeError("a segment needs at least one frame")
-        if not isinstance(pcm, np.ndarray) or pcm.ndim != 1 or pcm.dtype != np.int16:
-            raise EncodeError("pcm must be a 1-D int16 numpy array")
-        if len(pcm) != len(frames) * self.samples_per_frame:
-            raise EncodeError(
-                f"pcm has {len(pcm)} samples for {len(frames)} frames; "
-                f"expected {len(frames) * self.samples_per_frame}"
-            )
+        self._check_pcm(pcm, len(frames))
+        # Convert (and so check) every frame first: a bad frame must not leave x264 half-fed.
+        converted = [self._convert(frame) for frame in frames]
+        for video_frame in converted:
+            self._encode_frame(video_frame)
+        return self.finish_segment(pcm)
+
+    def add_frame(self, frame: Frame) -> None:
+        """Encodes one frame of the segment being built, now.
+
+        Feeding frames as they are rendered spreads the encoder's work over the turn, and a
+        turn that is cancelled has at most one frame in the encoder. A frame that cannot be
+        converted raises before anything reaches x264.
+        """
+        self._encode_frame(self._convert(frame))
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames added since the last segment was finished."""
+        return len(self._pending_video)
+
+    def finish_segment(self, pcm: np.ndarray) -> EncodedSegment:
+        """Closes the segment of the frames added so far, with their audio (int16 mono)."""
+        if not self._pending_video:
+            raise EncodeError("a segment needs at least one frame")
+        self._check_pcm(pcm, len(self._pending_video))
+        video_samples, self._pending_video = self._pending_video, []
         first_frame = self._next_frame
-        video_samples = self._encode_video(first_frame, frames)
         audio_start = self._audio_origin + self._audio_packets_out * AAC_FRAME_SAMPLES
         audio_samples = self._encode_audio(pcm)
         spf = self.samples_per_frame
@@ -114,15 +132,16 @@ class SegmentEncoder:
                 fmp4.TrackRun(fmp4.AUDIO_TRACK_ID, audio_start, audio_samples),
             ],
         )
+        frames = len(video_samples)
         segment = EncodedSegment(
             data=data,
             sequence=self._next_sequence,
             first_frame=first_frame,
-            frames=len(frames),
+            frames=frames,
             media_start=first_frame * spf,
-            media_end=(first_frame + len(frames)) * spf,
+            media_end=(first_frame + frames) * spf,
         )
-        self._next_frame += len(frames)
+        self._next_frame += frames
         self._next_sequence += 1
         return segment
 
@@ -132,30 +151,42 @@ class SegmentEncoder:
         self._video = None  # type: ignore[assignment]
         self._audio = None  # type: ignore[assignment]
 
-    def _encode_video(self, first_frame: int, frames: Sequence[Frame]) -> list[fmp4.Sample]:
-        # Convert (and so check) every frame first: a bad frame must not leave x264 half-fed.
-        video_frames = [self._converter.to_yuv420p(frame) for frame in frames]
-        packets: list[av.Packet] = []
+    def _check_pcm(self, pcm: np.ndarray, frames: int) -> None:
+        if self._closed:
+            raise EncodeError("encoder is closed")
+        if not isinstance(pcm, np.ndarray) or pcm.ndim != 1 or pcm.dtype != np.int16:
+            raise EncodeError("pcm must be a 1-D int16 numpy array")
+        if len(pcm) != frames * self.samples_per_frame:
+            raise EncodeError(
+                f"pcm has {len(pcm)} samples for {frames} frames; "
+                f"expected {frames * self.samples_per_frame}"
+            )
+
+    def _convert(self, frame: Frame) -> av.VideoFrame:
+        if self._closed:
+            raise EncodeError("encoder is closed")
+        return self._converter.to_yuv420p(frame)
+
+    def _encode_frame(self, video_frame: av.VideoFrame) -> None:
+        """x264 one frame (a key frame when it opens a segment); keeps its sample for the segment."""
+        index = len(self._pending_video)
+        video_frame.pts = (self._next_frame + index) * self.samples_per_frame
+        video_frame.pict_type = (
+            av.video.frame.PictureType.I if index == 0 else av.video.frame.PictureType.NONE
+        )
         try:
-            for index, video_frame in enumerate(video_frames):
-                video_frame.pts = (first_frame + index) * self.samples_per_frame
-                video_frame.pict_type = (
-                    av.video.frame.PictureType.I if index == 0 else av.video.frame.PictureType.NONE
-                )
-                packets.extend(self._video.encode(video_frame))
+            packets = self._video.encode(video_frame)
         except av.FFmpegError as error:
             raise EncodeError(f"H.264 encoding failed: {error}") from error
-        if len(packets) != len(frames):
-            raise EncodeError(f"x264 returned {len(packets)} packets for {len(frames)} frames")
-        if not packets[0].is_keyframe:
+        if len(packets) != 1:
+            raise EncodeError(f"x264 returned {len(packets)} packets for one frame (zerolatency expected)")
+        packet = packets[0]
+        if index == 0 and not packet.is_keyframe:
             raise EncodeError("x264 did not start the segment with a key frame")
-        samples = []
-        for packet in packets:
-            units = [u for u in h264.split_annexb(bytes(packet)) if h264.nal_type(u) not in _DROPPED_NAL_TYPES]
-            samples.append(
-                fmp4.Sample(h264.to_length_prefixed(units), self.samples_per_frame, packet.is_keyframe)
-            )
-        return samples
+        units = [u for u in h264.split_annexb(bytes(packet)) if h264.nal_type(u) not in _DROPPED_NAL_TYPES]
+        self._pending_video.append(
+            fmp4.Sample(h264.to_length_prefixed(units), self.samples_per_frame, packet.is_keyframe)
+        )
 
     def _encode_audio(self, pcm: np.ndarray) -> list[fmp4.Sample]:
         audio = pcm.astype(np.float32) / 32768.0

@@ -13,6 +13,7 @@ video timeline never has a hole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -245,11 +246,22 @@ async def _run_video(
             pcm_pending.append(joined[needed:])
         return joined[:needed]
 
-    async def encode_and_send(frames: list[Frame], last: bool) -> None:
-        pcm = take_pcm(len(frames))
+    async def in_worker(call: Callable[..., object], *args: object) -> object:
+        """Runs encoder work in a thread and, if cancelled meanwhile, waits for it: x264 is
+        never touched by two threads, and what was encoded is accounted for."""
         began = time.perf_counter()
-        segment = await asyncio.to_thread(encoder.encode, frames, pcm)
-        report.work_seconds += time.perf_counter() - began
+        task = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+        finally:
+            report.work_seconds += time.perf_counter() - began
+
+    async def finish_segment(last: bool) -> None:
+        """Muxes the frames encoded so far with their PCM and sends the segment."""
+        segment = await in_worker(encoder.finish_segment, take_pcm(encoder.pending_frames))
         media.next_frame = segment.first_frame + segment.frames
         media.next_sequence = segment.sequence + 1
         media.position = media.next_frame * spf
@@ -267,38 +279,40 @@ async def _run_video(
         )
         mark("first_segment_ms")
 
-    async def send_whole(frames: list[Frame], last: bool) -> None:
-        """Encodes and sends a segment even if the turn is cancelled meanwhile (no timeline hole)."""
-        task = asyncio.ensure_future(encode_and_send(frames, last))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await task
-            raise
-
     async def segment_stage() -> None:
-        pending: list[Frame] = []
+        """Encodes each frame as it comes; closes a segment when it is full, stalled or the last.
+
+        Whatever happens (cancel, a failing stage), frames already in the encoder are sent as
+        a last segment first, so the session's video timeline never has a hole.
+        """
         done = 0
         target = media.first_segment_frames
-        while True:
-            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-                async with asyncio.timeout(STALL_FLUSH_S if pending else None):
-                    frame = await frame_channel.get()
-                ended = frame is None
-            except TimeoutError:
-                frame, ended = None, False
-            if frame is not None:
-                pending.append(frame)
-            if ended:
-                if pending:
-                    await send_whole(pending, last=True)
-                return
-            if len(pending) >= target or (frame is None and pending):
-                last = expected_frames is not None and done + len(pending) >= expected_frames
-                batch, pending = pending, []
-                done += len(batch)
-                target = media.segment_frames
-                await send_whole(batch, last)
+        try:
+            while True:
+                pending = encoder.pending_frames
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(STALL_FLUSH_S if pending else None):
+                        frame = await frame_channel.get()
+                    ended = frame is None
+                except TimeoutError:
+                    frame, ended = None, False
+                if frame is not None:
+                    await in_worker(encoder.add_frame, frame)
+                    pending += 1
+                if ended:
+                    if pending:
+                        await finish_segment(last=True)
+                    return
+                if pending >= target or (frame is None and pending):
+                    last = expected_frames is not None and done + pending >= expected_frames
+                    done += pending
+                    target = media.segment_frames
+                    await finish_segment(last)
+        except BaseException:
+            if encoder.pending_frames:
+                with contextlib.suppress(Exception):  # the original failure is what gets reported
+                    await finish_segment(last=True)
+            raise
 
     async with asyncio.TaskGroup() as group:
         group.create_task(_stage("llm", text_stage()))

@@ -30,10 +30,11 @@ __all__ = [
     "DittoConfig",
     "DittoNetworks",
     "NetworkSizes",
-    "load_ditto_config",
     "engine_devices",
+    "load_ditto_config",
     "load_networks",
     "require_checkpoints",
+    "resolve_frame_format",
 ]
 
 
@@ -195,10 +196,12 @@ def config_overrides_from_settings(settings: Any) -> Mapping[str, Any]:
 
 
 def network_options_from_settings(settings: Any) -> dict[str, Any]:
-    """load_networks keyword arguments from the service settings (runtime, device, precision, engine_dir)."""
+    """load_networks keyword arguments from the service settings (runtime, device, precision, engine_dir).
+
+    The device is the first of `settings.ditto_device`'s list; DittoRenderer loads one set per device."""
     return {
         "runtime": settings.ditto_runtime,
-        "device": settings.ditto_device,
+        "device": engine_devices(settings.ditto_device)[0],
         "precision": None if settings.ditto_precision == "auto" else settings.ditto_precision,
         "engine_dir": settings.ditto_engine_dir,
     }
