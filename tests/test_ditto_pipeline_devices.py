@@ -61,6 +61,7 @@ def _encode_and_decode(frames: list[Frame], width: int, height: int) -> np.ndarr
     decoded yuv420p pictures."""
     encoder = SegmentEncoder(width=width, height=height, fps=25, clock_rate=16000, crf=0)
     segment = encoder.encode(frames, np.zeros(len(frames) * 640, np.int16))
+    assert segment.frames == len(frames)
     stream = encoder.init_segment() + segment.data
     encoder.close()
     with av.open(io.BytesIO(stream)) as container:
@@ -77,16 +78,17 @@ async def test_yuv420p_session_encodes_to_the_picture_of_the_rgb24_path(standin_
         try:
             assert session.frame_format == frame_format
             frames = [frame async for frame in session.render(_chunks_of(audio))]
+            frames += await session.idle_frames(2)
         finally:
             await session.aclose()
             await renderer.aclose()
-        assert len(frames) == 8 and {frame.format for frame in frames} == {frame_format}
+        assert len(frames) == 10 and {frame.format for frame in frames} == {frame_format}
         outputs[frame_format] = frames
     height, width = avatar.frames.shape[1:3]
     assert outputs["yuv420p"][0].data.shape == (height * 3 // 2, width)
     rgb_decoded = _encode_and_decode(outputs["rgb24"], width, height)
     yuv_decoded = _encode_and_decode(outputs["yuv420p"], width, height)
-    assert rgb_decoded.shape == yuv_decoded.shape == (8, height * 3 // 2, width)
+    assert rgb_decoded.shape == yuv_decoded.shape == (10, height * 3 // 2, width)  # 8 spoken, 2 idle
     # the decoded yuv420p stream is the device's I420 as given, the rgb24 one swscale's conversion
     np.testing.assert_array_equal(yuv_decoded, np.stack([frame.data for frame in outputs["yuv420p"]]))
     difference = np.abs(rgb_decoded.astype(int) - yuv_decoded.astype(int))

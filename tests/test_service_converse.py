@@ -225,3 +225,9 @@ async def test_health_reflection_and_server_info(data_dir) -> None:
         assert info.renderer == "lipsync" and info.version
         assert {v.language for v in info.voices} >= {"en-US", "ko-KR"}
         assert info.default_avatar and info.limits.max_text_chars == service.settings.max_text_chars
+        assert info.capacity.active_sessions == 0 and info.capacity.load_frames_per_second == 0
+        talk = Conversation(service.stub, pb.SessionConfig())
+        await talk.until("video_init")
+        loaded = await service.stub.GetServerInfo(pb.GetServerInfoRequest())
+        assert loaded.capacity.active_sessions == 1 and loaded.capacity.load_frames_per_second == 25
+        await talk.close()

@@ -8,6 +8,7 @@ import urllib.request
 import grpc
 import pytest
 from avatar.v1 import avatar_pb2 as pb
+from avatar.v1 import avatar_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, running_service
@@ -98,9 +99,12 @@ async def test_send_queue_depth_follows_a_client_that_does_not_read(data_dir) ->
     port = free_port()
     async with running_service(data_dir, metrics_port=port, send_queue_events=8,
                                max_send_lag_s=30.0) as service:
-        talk = Conversation(service.stub, pb.SessionConfig())
+        # No BDP probing: the client's HTTP/2 window stays small, so an unread stream pushes back.
+        slow_channel = grpc.aio.insecure_channel(
+            service.target, options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 26)])
+        talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
         await talk.until("video_init")
-        talk.say("A sentence that makes enough events to fill a small queue. " * 3)
+        talk.say("A sentence that makes enough events to fill a small queue. " * 12)
         session = next(iter(service.deps.sessions))
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -109,6 +113,7 @@ async def test_send_queue_depth_follows_a_client_that_does_not_read(data_dir) ->
         assert session._out.full()
         samples = await _scrape(port)
         await talk.close()
+        await slow_channel.close()
     assert _value(samples, "avatar_send_queue_depth") >= 4  # the sender may have taken one or two since
 
 
@@ -117,9 +122,12 @@ async def test_disconnect_of_a_client_that_stopped_reading_frees_the_session_pro
     port = free_port()
     async with running_service(data_dir, metrics_port=port, send_queue_events=4,
                                max_send_lag_s=30.0) as service:
-        talk = Conversation(service.stub, pb.SessionConfig())
+        # No BDP probing: the client's HTTP/2 window stays small, so an unread stream pushes back.
+        slow_channel = grpc.aio.insecure_channel(
+            service.target, options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 26)])
+        talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
         await talk.until("video_init")
-        talk.say("A sentence that makes enough events to fill a small queue. " * 4)
+        talk.say("A sentence that makes enough events to fill a small queue. " * 12)
         session = next(iter(service.deps.sessions))
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -132,6 +140,7 @@ async def test_disconnect_of_a_client_that_stopped_reading_frees_the_session_pro
             await asyncio.sleep(0.02)
         freed_after = loop.time() - began
         samples = await _scrape(port)
+        await slow_channel.close()
     assert freed_after < 5.0, f"the session held its renderer slot {freed_after:.1f} s after the disconnect"
     assert _value(samples, "avatar_active_sessions") == 0
     assert _value(samples, "avatar_turns_total", outcome="cancelled") == 1

@@ -197,6 +197,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
                 active_turns=sum(1 for s in deps.sessions if s.turn_running),
                 frames_per_second=deps.renderer.capacity_fps(),
                 draining=deps.draining,
+                load_frames_per_second=float(sum(s.media.fps for s in deps.sessions if s.media.render)),
             ),
             instance_id=deps.instance_id,
             default_avatar=deps.avatars.default_id,

@@ -21,7 +21,7 @@ from avatar_server.avatars.model import AvatarAssets
 from avatar_server.errors import InvalidInput, RenderError
 from avatar_server.renderers.ditto.keypoints import SourceFace, motion_from_extractor
 from avatar_server.renderers.ditto.motion_diffusion import emotion_condition
-from avatar_server.renderers.ditto.putback import PasteBack
+from avatar_server.renderers.ditto.putback import PasteBack, to_i420_async
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ class DeviceAvatar:
         self.source = SourceFace(prepared.source_motion.to(device), prepared.canonical_kp.to(device))
         self.source_keypoints = self.source.keypoints()
         self.paste = PasteBack.build(prepared.frames, prepared.crop_from_frame, CROP_SIZE, device)
+        # the template frames in I420 too (made here, on the engine thread, once per avatar and device)
+        images = torch.from_numpy(prepared.frames).permute(0, 3, 1, 2).float() / 255.0
+        self._i420_frames = to_i420_async(images).numpy()
+
+    def template_frames(self, frame_format: str) -> np.ndarray:
+        """The template frames as rgb24 (T, H, W, 3) or I420 (T, H * 3 // 2, W), the latter with the
+        conversion rendered frames get, so idle and speaking frames share one colour conversion."""
+        return self.prepared.frames if frame_format == "rgb24" else self._i420_frames
 
     @property
     def template_count(self) -> int:

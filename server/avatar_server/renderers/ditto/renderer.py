@@ -235,10 +235,9 @@ class DittoSession:
             await turn.stop()
 
     async def idle_frames(self, count: int) -> list[Frame]:
-        """The template frames, walked forth and back (a still for a portrait); rgb24 whatever the
-        engine's format (the encoder converts these few on the CPU)."""
-        frames = self.avatar.prepared.frames
-        out = [Frame(frames[mirror_index(self._clock + i, len(frames))]) for i in range(count)]
+        """The template frames, walked forth and back (a still for a portrait), in the engine's format."""
+        frames = self.avatar.template_frames(self.frame_format)
+        out = [Frame(frames[mirror_index(self._clock + i, len(frames))], self.frame_format) for i in range(count)]
         self._clock += count
         return out
 
