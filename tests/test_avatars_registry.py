@@ -103,6 +103,16 @@ async def test_a_video_upload_becomes_a_video_avatar(tmp_path, mediapipe):
     assert shift == pytest.approx(10, abs=2)
 
 
+async def test_a_fast_video_keeps_at_most_25_frames_a_second(tmp_path, mediapipe):
+    """Frames held in memory and analysed are bounded whatever the upload's frame rate."""
+    still = skimage.data.astronaut()
+    frames = [Frame(np.roll(still, shift, axis=1)) for shift in range(12)]
+    registry = await started(tmp_path, mediapipe, example_dir=tmp_path / "none")
+    info = await registry.register(encode_clip(frames, 100), display_name="fast", mime_type="video/mp4")
+    assets = await registry.load(info.id)
+    assert info.frames == 3 and assets.fps == pytest.approx(25)
+
+
 def two_faces() -> bytes:
     face = skimage.data.astronaut()[20:260, 100:340]
     return png(np.concatenate([face, face], axis=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import av
@@ -14,6 +15,7 @@ from avatar_server.errors import InvalidInput
 MAX_SIDE = 1024  # frames are scaled down to fit this; the renderers never need more
 MAX_SOURCE_PIXELS = 64_000_000  # refuse decompression bombs before decoding them
 MAX_IDLE_SECONDS = 10.0  # a base video's idle loop is cut to this
+MAX_IDLE_FPS = 25.0  # faster videos keep every n-th frame: at most 250 frames are held and analysed
 MIN_SIDE = 64
 
 _IMAGE_MAGIC = {
@@ -116,6 +118,8 @@ def _decode_video(data: bytes, size: tuple[int, int] | None) -> tuple[np.ndarray
             fps = float(stream.average_rate or stream.guessed_rate or 25)
             if not 1 <= fps <= 120:
                 raise InvalidInput(f"the video's frame rate {fps:g} is not one we can play")
+            step = max(1, math.ceil(fps / MAX_IDLE_FPS - 1e-6))
+            fps /= step
             limit = int(round(MAX_IDLE_SECONDS * fps))
             resize = (
                 {}
@@ -123,7 +127,9 @@ def _decode_video(data: bytes, size: tuple[int, int] | None) -> tuple[np.ndarray
                 else {"width": width, "height": height}
             )
             frames = []
-            for frame in container.decode(stream):
+            for index, frame in enumerate(container.decode(stream)):
+                if index % step:
+                    continue
                 frames.append(frame.to_ndarray(format="rgb24", **resize))
                 if len(frames) >= limit:
                     break
