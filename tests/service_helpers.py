@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import av
+import grpc
 from avatar.v1 import avatar_pb2 as pb
+
+
+def slow_reader_channel(target: str) -> grpc.aio.Channel:
+    """A channel whose HTTP/2 window does not grow (no BDP probing), as over a slow link:
+    a stream its client stops reading soon pushes back on the server."""
+    return grpc.aio.insecure_channel(
+        target, options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 26)])
 
 
 class Conversation:

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from avatar_server.renderers.base import Frame
 from conftest import running_service, start_service_process, stop_process
 from provider_servers import fake_google_tts_server, fake_openai_server  # noqa: F401 (fixtures)
-from service_helpers import Conversation
+from service_helpers import Conversation, slow_reader_channel
 
 
 class FaultInjectingRenderer:
@@ -147,9 +147,7 @@ async def test_tts_fault_becomes_tts_error_event(data_dir, fake_google_tts_serve
 
 async def test_slow_reader_is_ended_without_hurting_others(data_dir) -> None:
     async with running_service(data_dir, max_send_lag_s=1.0, send_queue_events=4) as service:
-        # No BDP probing: the slow client's HTTP/2 window stays small, as over a slow link.
-        slow_channel = grpc.aio.insecure_channel(
-            service.target, options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 26)])
+        slow_channel = slow_reader_channel(service.target)
         slow = await _open(pb_grpc.AvatarServiceStub(slow_channel))
         slow.say("Please give me a long answer so that many events pile up. " * 12)
         fast = await _open(service.stub)

@@ -12,7 +12,7 @@ from avatar.v1 import avatar_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, running_service
-from service_helpers import Conversation
+from service_helpers import Conversation, slow_reader_channel
 
 
 async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -99,9 +99,7 @@ async def test_send_queue_depth_follows_a_client_that_does_not_read(data_dir) ->
     port = free_port()
     async with running_service(data_dir, metrics_port=port, send_queue_events=8,
                                max_send_lag_s=30.0) as service:
-        # No BDP probing: the client's HTTP/2 window stays small, so an unread stream pushes back.
-        slow_channel = grpc.aio.insecure_channel(
-            service.target, options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 26)])
+        slow_channel = slow_reader_channel(service.target)
         talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
         await talk.until("video_init")
         talk.say("A sentence that makes enough events to fill a small queue. " * 12)
@@ -122,9 +120,7 @@ async def test_disconnect_of_a_client_that_stopped_reading_frees_the_session_pro
     port = free_port()
     async with running_service(data_dir, metrics_port=port, send_queue_events=4,
                                max_send_lag_s=30.0) as service:
-        # No BDP probing: the client's HTTP/2 window stays small, so an unread stream pushes back.
-        slow_channel = grpc.aio.insecure_channel(
-            service.target, options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 26)])
+        slow_channel = slow_reader_channel(service.target)
         talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
         await talk.until("video_init")
         talk.say("A sentence that makes enough events to fill a small queue. " * 12)

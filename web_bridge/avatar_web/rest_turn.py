@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -138,43 +139,43 @@ async def run_chat_turn(channel: grpc.aio.Channel, request: TurnRequest) -> Turn
     the client left), then closes so the service can end the stream and keep the session.
     """
     stub = avatar_pb2_grpc.AvatarServiceStub(channel)
-    collector = _Collector(request)
     call = stub.Converse()
-    finished = False
-    try:
+
+    async def send_turn() -> None:
         await call.write(avatar_pb2.ConverseRequest(config=request.session_config()))
         await call.write(
             avatar_pb2.ConverseRequest(message=avatar_pb2.UserMessage(text=request.text))
         )
-        while not finished:
-            event = await call.read()
-            if event is grpc.aio.EOF:
-                raise collector.ended_early()
-            finished = collector.feed(event)
-        await call.done_writing()
-        await _drain(call)
-    except grpc.aio.AioRpcError as exc:
-        if finished:
-            return collector.output
-        raise collector.rpc_error(exc) from exc
-    finally:
-        if not call.done():
-            call.cancel()
-    return collector.output
+
+    return await _collect(call, _Collector(request), before=send_turn, half_close=True)
 
 
 async def run_speak_turn(channel: grpc.aio.Channel, request: TurnRequest) -> TurnOutput:
     """The Speak rpc: the avatar says `request.text` as one turn, no language model."""
     stub = avatar_pb2_grpc.AvatarServiceStub(channel)
-    collector = _Collector(request)
     call = stub.Speak(avatar_pb2.SpeakRequest(config=request.session_config(), text=request.text))
+    return await _collect(call, _Collector(request))
+
+
+async def _collect(
+    call: grpc.aio.Call,
+    collector: _Collector,
+    *,
+    before: Callable[[], Awaitable[None]] | None = None,
+    half_close: bool = False,
+) -> TurnOutput:
+    """Feeds the call's events to `collector` until the turn is over, then lets the stream end."""
     finished = False
     try:
+        if before is not None:
+            await before()
         while not finished:
             event = await call.read()
             if event is grpc.aio.EOF:
                 raise collector.ended_early()
             finished = collector.feed(event)
+        if half_close:
+            await call.done_writing()
         await _drain(call)
     except grpc.aio.AioRpcError as exc:
         if finished:
