@@ -17,15 +17,13 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q 'grpcio-tools==1.62.3' 'protobuf>=4.25.3,<5'
 	$(MAKE) --no-print-directory stubs
 	$(PIP) install -q -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) install -q '$(TORCH_SPEC)'
-	$(PIP) install -q -e '.[ditto,dev]'
+	$(PIP) install -q '$(TORCH_SPEC)' -e '.[ditto,dev]'
 	touch $@
 
 venv: $(VENV)/.base

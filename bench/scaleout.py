@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -382,6 +383,17 @@ async def server_info_instances(target: str, calls: int) -> list[str]:
         ]
 
 
+def wait_until_refused(port: int, timeout_s: float) -> None:
+    """Blocks until nothing accepts connections on 127.0.0.1:`port` (or the timeout passes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
 async def probe_new_sessions(
     target: str, until: asyncio.Event, landed: Counter, refused: Counter
 ) -> None:
@@ -484,6 +496,10 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
             }
             drain_started = time.monotonic()
             victim.signal(signal.SIGTERM)
+            # Probe once the victim is draining (its listener refuses connections): a stream
+            # nginx routed in the instant before the signal was handled is not one sent to a
+            # draining instance.
+            await asyncio.to_thread(wait_until_refused, victim.port, 10.0)
             landed, refused, drained = Counter(), Counter(), asyncio.Event()
             prober = asyncio.create_task(probe_new_sessions(target, drained, landed, refused))
             exit_code = await asyncio.to_thread(victim.wait, args.grace + 30)
