@@ -52,7 +52,8 @@ class PasteBack:
             np.stack([sampling_grid(m, (height, width), crop_size) for m in crop_from_frame])
         )
         masks = F.grid_sample(mask.expand(len(frames), -1, -1, -1), grids, align_corners=False)
-        backgrounds = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        # torch.tensor copies: the avatar's frames are shared and read-only.
+        backgrounds = torch.tensor(frames).permute(0, 3, 1, 2).float() / 255.0
         return cls(grids.to(device), masks.to(device), backgrounds.to(device))
 
     def paste(self, renders: torch.Tensor, template_index: torch.Tensor) -> torch.Tensor:
