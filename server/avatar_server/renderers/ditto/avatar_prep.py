@@ -71,7 +71,7 @@ class DeviceAvatar:
         self.source_keypoints = self.source.keypoints()
         self.paste = PasteBack.build(prepared.frames, prepared.crop_from_frame, CROP_SIZE, device)
         # the template frames in I420 too (made here, on the engine thread, once per avatar and device)
-        images = torch.from_numpy(prepared.frames).permute(0, 3, 1, 2).float() / 255.0
+        images = torch.tensor(prepared.frames).permute(0, 3, 1, 2).float() / 255.0  # copy: read-only frames
         self._i420_frames = to_i420_async(images).numpy()
 
     def template_frames(self, frame_format: str) -> np.ndarray:
