@@ -94,20 +94,26 @@ async def test_refused_session_opens_count_as_errors_by_stage_and_code(data_dir)
     assert _value(samples, "avatar_errors_total", stage="input", code="NOT_FOUND") == 1
 
 
+async def _stalled_reader(service):  # type: ignore[no-untyped-def]
+    """A session whose client stops reading mid-turn, once its send queue is full (or 30 s)."""
+    slow_channel = slow_reader_channel(service.target)
+    talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
+    await talk.until("video_init")
+    talk.say("A sentence that makes enough events to fill a small queue. " * 12)
+    session = next(iter(service.deps.sessions))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while not session._out.full() and loop.time() - began < 30:  # nobody reads now
+        await asyncio.sleep(0.05)
+    return slow_channel, talk, session
+
+
 async def test_send_queue_depth_follows_a_client_that_does_not_read(data_dir) -> None:
     """The queue-depth gauge is kept current: a client that stops reading shows a full queue."""
     port = free_port()
     async with running_service(data_dir, metrics_port=port, send_queue_events=8,
                                max_send_lag_s=30.0) as service:
-        slow_channel = slow_reader_channel(service.target)
-        talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
-        await talk.until("video_init")
-        talk.say("A sentence that makes enough events to fill a small queue. " * 12)
-        session = next(iter(service.deps.sessions))
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while not session._out.full() and loop.time() - began < 30:  # nobody reads now
-            await asyncio.sleep(0.05)
+        slow_channel, talk, session = await _stalled_reader(service)
         assert session._out.full()
         samples = await _scrape(port)
         await talk.close()
@@ -120,15 +126,8 @@ async def test_disconnect_of_a_client_that_stopped_reading_frees_the_session_pro
     port = free_port()
     async with running_service(data_dir, metrics_port=port, send_queue_events=4,
                                max_send_lag_s=30.0) as service:
-        slow_channel = slow_reader_channel(service.target)
-        talk = Conversation(pb_grpc.AvatarServiceStub(slow_channel), pb.SessionConfig())
-        await talk.until("video_init")
-        talk.say("A sentence that makes enough events to fill a small queue. " * 12)
-        session = next(iter(service.deps.sessions))
+        slow_channel, talk, session = await _stalled_reader(service)
         loop = asyncio.get_running_loop()
-        began = loop.time()
-        while not session._out.full() and loop.time() - began < 30:  # nobody reads now
-            await asyncio.sleep(0.05)
         assert session._out.full() and session.turn_running
         talk.call.cancel()
         began = loop.time()

@@ -36,15 +36,15 @@ def avatar_pb(info: AvatarInfo) -> pb.Avatar:
     return message
 
 
-def event_pb(event: TurnEvent, session_id: str, turn_id: str) -> pb.ConverseResponse:
+def event_pb(event: TurnEvent, session_id: str, turn_id: str, clock_rate: int) -> pb.ConverseResponse:
     """A pipeline event as a ConverseResponse."""
     response = pb.ConverseResponse(session_id=session_id, turn_id=turn_id, span=span_pb(event.span))
     match event:
         case TextDelta(text=text):
             response.text_delta.text = text
-        case AudioOut(pcm=pcm, span=span):
+        case AudioOut(pcm=pcm):
             response.audio.pcm = pcm.astype("<i2").tobytes()
-            response.audio.sample_rate = 0  # filled by the session (clock rate)
+            response.audio.sample_rate = clock_rate
         case CaptionOut(text=text, sentence=sentence):
             response.caption.text = text
             response.caption.sentence = sentence

@@ -58,15 +58,22 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             return
         reader = asyncio.create_task(self._read(session, requests))
         try:
-            async for item in session.responses():
-                if isinstance(item, EndStream):
-                    if item.code != StatusCode.OK:
-                        await self._abort(context, AvatarError(item.message, code=item.code))
-                    return
-                yield item
+            async for event in self._relay(session, context):
+                yield event
         finally:
             reader.cancel()
             await session.close()
+
+    async def _relay(
+        self, session: Session, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ConverseResponse]:
+        """The session's events until it ends; a non-OK end becomes the call's status."""
+        async for item in session.responses():
+            if isinstance(item, EndStream):
+                if item.code != StatusCode.OK:
+                    await self._abort(context, AvatarError(item.message, code=item.code))
+                return
+            yield item
 
     @staticmethod
     async def _read(session: Session, requests: AsyncIterator[pb.ConverseRequest]) -> None:
@@ -96,12 +103,8 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
         try:
             await session.start_turn(request.text, "", from_llm=False)
             await session.finish()
-            async for item in session.responses():
-                if isinstance(item, EndStream):
-                    if item.code != StatusCode.OK:
-                        await self._abort(context, AvatarError(item.message, code=item.code))
-                    return
-                yield item
+            async for event in self._relay(session, context):
+                yield event
         finally:
             await session.close()
 

@@ -28,7 +28,7 @@ from avatar_server.errors import (
     StatusCode,
 )
 from avatar_server.media.encoder import SegmentEncoder
-from avatar_server.pipeline.events import AudioOut, SegmentOut, TurnEvent, TurnReport
+from avatar_server.pipeline.events import SegmentOut, TurnEvent, TurnReport
 from avatar_server.pipeline.turn import SessionMedia, run_turn
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.service import convert
@@ -271,7 +271,7 @@ class Session:
             async def emit(event: TurnEvent) -> None:
                 if isinstance(event, SegmentOut):  # counted as sent, so rate() is render frames/s
                     deps.metrics.frames.inc(event.frames)
-                await self._put(self._event_pb(event, turn_id))
+                await self._put(convert.event_pb(event, self.id, turn_id, self.media.clock_rate))
 
             deadline = deps.settings.turn_deadline_s or None
             try:
@@ -314,12 +314,6 @@ class Session:
             log.info("turn %s", outcome, extra={"session_id": self.id, "turn_id": turn_id})
             if self._ending and not self._closed:
                 self._put_nowait_end(EndStream())
-
-    def _event_pb(self, event: TurnEvent, turn_id: str) -> pb.ConverseResponse:
-        response = convert.event_pb(event, self.id, turn_id)
-        if isinstance(event, AudioOut):
-            response.audio.sample_rate = self.media.clock_rate
-        return response
 
     def _observe(self, report: TurnReport) -> None:
         metrics, timings = self.deps.metrics, report.timings
