@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -89,6 +91,47 @@ async def test_interrupt_stops_the_turn_and_the_session_goes_on(data_dir) -> Non
         talk.say("Are you still there?")
         after = await talk.until("turn_completed", "error")
         assert after[-1].WhichOneof("event") == "turn_completed"
+        await talk.close()
+
+
+async def test_an_interrupt_while_a_segment_closes_leaves_no_hole_in_the_video(data_dir) -> None:
+    """The segment being closed when the cancel lands is still sent: the next turn's video
+    starts where the cancelled one ended (a hole stalls the browser's MediaSource)."""
+    async with running_service(data_dir, echo_token_delay_s=0.05) as service:
+        talk = Conversation(service.stub, pb.SessionConfig())
+        opening = await talk.until("video_init")
+        (session,) = service.deps.sessions
+        encoder = session.media.encoder
+        closing, calls = threading.Event(), []
+        real_finish_segment = encoder.finish_segment
+
+        def slow_finish_segment(pcm):  # the real method, held so that the interrupt lands inside
+            calls.append(len(pcm))
+            if len(calls) == 2:
+                closing.set()
+                time.sleep(0.3)
+            return real_finish_segment(pcm)
+
+        encoder.finish_segment = slow_finish_segment
+        talk.say("Please tell me a long story about the sea, the wind and the stars. " * 3, turn_id="long")
+        events = await talk.until("video_segment")
+        assert await asyncio.to_thread(closing.wait, 60)
+        talk.send(interrupt=pb.Interrupt())
+        events += await talk.until("turn_cancelled")
+        talk.say("Short reply now.", turn_id="short")
+        events += await talk.until("turn_completed")
+
+        segments = [e for e in events if e.HasField("video_segment")]
+        assert len([s for s in segments if s.turn_id == "long"]) == 2  # the held one was sent
+        for before, after in zip(segments, segments[1:]):
+            assert after.span.start == before.span.end
+            assert after.video_segment.first_frame == before.video_segment.first_frame + before.video_segment.frames
+        cancelled = next(e for e in events if e.HasField("turn_cancelled"))
+        started = next(e for e in events if e.HasField("turn_started") and e.turn_id == "short")
+        first_short = next(s for s in segments if s.turn_id == "short")
+        assert cancelled.span.end == started.span.start == first_short.span.start
+        media = decode_fmp4(opening[-1].video_init.data + b"".join(s.video_segment.data for s in segments))
+        assert media.video_frames == sum(s.video_segment.frames for s in segments)
         await talk.close()
 
 

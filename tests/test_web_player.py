@@ -48,7 +48,9 @@ SNAPSHOT = """() => {
     captions: s.captions.map(c => [c.start, c.end, c.text]),
     decodedFrames: q.totalVideoFrames, videoWidth: v.videoWidth,
     turn: s.turn && {id: s.turn.id, start: s.turn.start, end: s.turn.end, done: s.turn.done,
-                     cancelled: s.turn.cancelled},
+                     cancelled: s.turn.cancelled, segments: s.turn.segments,
+                     completed: Boolean(s.turn.completed), lastSegmentIn: s.turn.lastSegmentIn},
+    pending: window.avatarPlayer.sink.pending, appended: window.avatarPlayer.sink.appended,
     session: s.session && {id: s.session.session_id, resumed: s.session.resumed},
     sessionsStarted: s.sessionsStarted, errors: s.errors,
     mseErrors: window.avatarPlayer.sink.errors,
@@ -155,16 +157,23 @@ def _say(page, text: str) -> None:
     page.click("#send")
 
 
+def _wait_for(page, condition: str) -> None:
+    """Waits for `condition`; on timeout the failure shows the player's state."""
+    try:
+        page.wait_for_function(condition, timeout=TURN_TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        pytest.fail(f"timed out waiting for {condition!r}; player: {page.evaluate(SNAPSHOT)}")
+
+
 def _wait_speaking(page) -> None:
-    page.wait_for_function("window.avatarPlayer.state.speaking && "
-                           "document.getElementById('live').currentTime > 0.2 + "
-                           "(window.avatarPlayer.state.turn.start || 0)", timeout=TURN_TIMEOUT_MS)
+    _wait_for(page, "window.avatarPlayer.state.speaking && "
+                    "document.getElementById('live').currentTime > 0.2 + "
+                    "(window.avatarPlayer.state.turn.start || 0)")
 
 
 def _wait_silent(page) -> None:
-    page.wait_for_function("!window.avatarPlayer.state.speaking && "
-                           "window.avatarPlayer.state.turn && window.avatarPlayer.state.turn.done",
-                           timeout=TURN_TIMEOUT_MS)
+    _wait_for(page, "!window.avatarPlayer.state.speaking && "
+                    "window.avatarPlayer.state.turn && window.avatarPlayer.state.turn.done")
 
 
 def _brightness(page) -> float:
@@ -261,10 +270,34 @@ def test_interrupt_stops_the_avatar_at_once(page):
     assert later["paused"] and later["t"] == snap["t"] and not later["speaking"]
     assert page.get_attribute("#log li.avatar", "data-state") == "cancelled"
     page.screenshot(path=str(ARTIFACTS / "interrupted.png"))
-    # The session goes on: a new turn plays from the turn's own start.
+    # The session goes on: a new turn plays from the turn's own start, and the cancelled
+    # turn's video runs up to it without a hole.
     _say(page, "Short reply now.")
     _wait_speaking(page)
+    ranges = page.evaluate(SNAPSHOT)["buffered"]
+    holes = [b[0] - a[1] for a, b in zip(ranges, ranges[1:], strict=False)]
+    assert all(hole < 0.25 for hole in holes), ranges
     _wait_silent(page)
+
+
+def test_playback_jumps_over_a_hole_in_the_turn(page):
+    _say(page, "Please read this long passage. " + "It keeps going with many words. " * 3)
+    _wait_speaking(page)
+    _wait_for(page, "window.avatarPlayer.state.turn.lastSegmentIn === true")
+    # Cut a hole ahead of the playhead, as media lost on the way would leave one.
+    ranges = page.evaluate("""async () => {
+      const sink = window.avatarPlayer.sink;
+      const t = sink.video.currentTime;
+      await sink.enqueue({op: 'trim', start: t + 0.6, end: t + 1.0});
+      const b = sink.sourceBuffer.buffered, out = [];
+      for (let i = 0; i < b.length; i += 1) out.push([b.start(i), b.end(i)]);
+      return out;
+    }""")
+    assert len(ranges) >= 2, ranges
+    hole_end = ranges[-1][0]
+    _wait_silent(page)
+    end = page.evaluate(SNAPSHOT)
+    assert not end["turn"]["cancelled"] and end["t"] > hole_end + 1.0, (ranges, end)
 
 
 def test_page_reconnects_and_resumes_after_the_bridge_restarts(page, bridge):

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -64,6 +65,23 @@ class SessionMedia:
 
 
 Emit = Callable[[TurnEvent], Awaitable[None]]
+T = TypeVar("T")
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Awaits `work` to its end even when the caller is cancelled (once or more) meanwhile;
+    the cancel is raised once the work is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # unlike `await task`, a cancel here leaves the task be
+        except asyncio.CancelledError:
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 async def _stage(name: str, work: Awaitable[None]) -> None:
@@ -247,20 +265,21 @@ async def _run_video(
         return joined[:needed]
 
     async def in_worker(call: Callable[..., object], *args: object) -> object:
-        """Runs encoder work in a thread and, if cancelled meanwhile, waits for it: x264 is
-        never touched by two threads, and what was encoded is accounted for."""
+        """Runs encoder work in a thread; a cancel waits for it, so x264 is never touched by
+        two threads and what was encoded is accounted for."""
         began = time.perf_counter()
-        task = asyncio.ensure_future(asyncio.to_thread(call, *args))
         try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await task
-            raise
+            return await _to_the_end(asyncio.to_thread(call, *args))
         finally:
             report.work_seconds += time.perf_counter() - began
 
     async def finish_segment(last: bool) -> None:
-        """Muxes the frames encoded so far with their PCM and sends the segment."""
+        """Closes the segment and sends it, as one step that a cancel does not split: once
+        the encoder has closed a segment its frames are on the session's timeline, and a
+        segment closed but never sent would leave a hole that stalls the player."""
+        await _to_the_end(close_and_send_segment(last))
+
+    async def close_and_send_segment(last: bool) -> None:
         segment = await in_worker(encoder.finish_segment, take_pcm(encoder.pending_frames))
         media.next_frame = segment.first_frame + segment.frames
         media.next_sequence = segment.sequence + 1

@@ -50,13 +50,23 @@ export class MseSink {
     return this.queue?.length ?? 0;
   }
 
-  /** End of the buffered range that holds `t` (or the last range's end). */
-  bufferedEnd(t) {
+  /** End of the last buffered range (the newest media: the turn being played). */
+  bufferedEnd() {
+    const ranges = this.sourceBuffer?.buffered ?? this.video.buffered;
+    return ranges.length ? ranges.end(ranges.length - 1) : 0;
+  }
+
+  /**
+   * Start of the next buffered range after `t`, or null: null too while more than `slack`
+   * seconds are buffered at `t` (playback stalls a little before a range's end).
+   */
+  nextBufferedStart(t, slack) {
     const ranges = this.sourceBuffer?.buffered ?? this.video.buffered;
     for (let i = 0; i < ranges.length; i += 1) {
-      if (t >= ranges.start(i) - 0.05 && t <= ranges.end(i)) return ranges.end(i);
+      if (ranges.start(i) > t) return ranges.start(i);
+      if (t < ranges.end(i) - slack) return null;
     }
-    return ranges.length ? ranges.end(ranges.length - 1) : 0;
+    return null;
   }
 
   enqueue(job) {

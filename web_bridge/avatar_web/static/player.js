@@ -291,6 +291,8 @@ function startSpeaking(turn) {
     live.currentTime = turn.start;
   }
   state.speaking = true;
+  state.lastT = live.currentTime; // stall detection counts from this turn's start
+  state.lastAdvance = performance.now();
   const played = live.play();
   played?.catch((error) => {
     if (error.name !== "NotAllowedError") return;
@@ -329,8 +331,14 @@ function follow() {
       state.lastT = t;
       state.lastAdvance = now;
     }
+    // Playback stuck before a hole in this turn's media (lost on the way): jump over it.
+    const next = sink.nextBufferedStart(t, STALL_END_WINDOW_S);
+    if (now - state.lastAdvance > STALL_MS && next !== null && next < (turn?.end ?? Infinity)) {
+      ui.live.currentTime = next;
+      return;
+    }
     if (turn && (turn.completed || turn.lastSegmentIn) && sink.pending === 0) {
-      const end = Math.min(turn.end ?? Infinity, sink.bufferedEnd(t));
+      const end = Math.min(turn.end ?? Infinity, sink.bufferedEnd());
       const fps = state.session?.fps || 25;
       const stalled = now - state.lastAdvance > STALL_MS;
       if (t >= end - 2 / fps || (stalled && t >= end - STALL_END_WINDOW_S)) {
