@@ -17,12 +17,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 
 from avatar_server.errors import AvatarError, StatusCode
-from avatar_server.media.encoder import SegmentEncoder
+from avatar_server.media.encoder import EncodedSegment, SegmentEncoder
 from avatar_server.media.resample import StreamResampler
 from avatar_server.pipeline.events import (
     AudioOut,
@@ -68,9 +68,17 @@ Emit = Callable[[TurnEvent], Awaitable[None]]
 T = TypeVar("T")
 
 
+class _CancelledAfterWork(asyncio.CancelledError):
+    """A cancel that landed while work ran on to its end; carries the work's result."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__()
+        self.result = result
+
+
 async def _to_the_end(work: Awaitable[T]) -> T:
     """Awaits `work` to its end even when the caller is cancelled (once or more) meanwhile;
-    the cancel is raised once the work is done."""
+    the cancel is raised once the work is done, as `_CancelledAfterWork` with its result."""
     task = asyncio.ensure_future(work)
     cancelled = False
     while not task.done():
@@ -80,7 +88,7 @@ async def _to_the_end(work: Awaitable[T]) -> T:
             cancelled = True
     result = task.result()
     if cancelled:
-        raise asyncio.CancelledError
+        raise _CancelledAfterWork(result)
     return result
 
 
@@ -264,7 +272,7 @@ async def _run_video(
             pcm_pending.append(joined[needed:])
         return joined[:needed]
 
-    async def in_worker(call: Callable[..., object], *args: object) -> object:
+    async def in_worker(call: Callable[..., T], *args: object) -> T:
         """Runs encoder work in a thread; a cancel waits for it, so x264 is never touched by
         two threads and what was encoded is accounted for."""
         began = time.perf_counter()
@@ -274,13 +282,17 @@ async def _run_video(
             report.work_seconds += time.perf_counter() - began
 
     async def finish_segment(last: bool) -> None:
-        """Closes the segment and sends it, as one step that a cancel does not split: once
-        the encoder has closed a segment its frames are on the session's timeline, and a
+        """Closes the segment of the frames encoded so far and sends it. A segment closed
+        while a cancel lands is still sent: its frames are on the session's timeline, and a
         segment closed but never sent would leave a hole that stalls the player."""
-        await _to_the_end(close_and_send_segment(last))
+        try:
+            segment = await in_worker(encoder.finish_segment, take_pcm(encoder.pending_frames))
+        except _CancelledAfterWork as cancel:
+            await send_segment(cast(EncodedSegment, cancel.result), last=True)
+            raise
+        await send_segment(segment, last)
 
-    async def close_and_send_segment(last: bool) -> None:
-        segment = await in_worker(encoder.finish_segment, take_pcm(encoder.pending_frames))
+    async def send_segment(segment: EncodedSegment, last: bool) -> None:
         media.next_frame = segment.first_frame + segment.frames
         media.next_sequence = segment.sequence + 1
         media.position = media.next_frame * spf
