@@ -331,16 +331,16 @@ function follow() {
       state.lastT = t;
       state.lastAdvance = now;
     }
+    const stalled = now - state.lastAdvance > STALL_MS;
     // Playback stuck before a hole in this turn's media (lost on the way): jump over it.
     const next = sink.nextBufferedStart(t, STALL_END_WINDOW_S);
-    if (now - state.lastAdvance > STALL_MS && next !== null && next < (turn?.end ?? Infinity)) {
+    if (stalled && next !== null && next < (turn?.end ?? Infinity)) {
       ui.live.currentTime = next;
       return;
     }
     if (turn && (turn.completed || turn.lastSegmentIn) && sink.pending === 0) {
       const end = Math.min(turn.end ?? Infinity, sink.bufferedEnd());
       const fps = state.session?.fps || 25;
-      const stalled = now - state.lastAdvance > STALL_MS;
       if (t >= end - 2 / fps || (stalled && t >= end - STALL_END_WINDOW_S)) {
         endTurn(turn, turn.cancelled ? "cancelled" : "done");
         stopSpeaking();
