@@ -42,9 +42,9 @@ stubs: $(STUBS)
 # explicitly because this is a local run; see README "Security and operations".
 run: venv stubs
 	@echo "gRPC on localhost:$(GRPC_PORT), player on http://localhost:$(WEB_PORT)"
-	@trap 'kill 0' INT TERM EXIT; \
-	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT) & \
-	$(VENV)/bin/avatar-web --port $(WEB_PORT) --grpc localhost:$(GRPC_PORT) & \
+	@trap 'kill $$server $$web 2>/dev/null; wait' INT TERM; \
+	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT) & server=$$!; \
+	$(VENV)/bin/avatar-web --port $(WEB_PORT) --grpc localhost:$(GRPC_PORT) & web=$$!; \
 	wait
 
 server: venv stubs
