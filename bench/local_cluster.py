@@ -61,6 +61,13 @@ def _which(name: str) -> str | None:
     )
 
 
+def _launch_quiet(argv: list[str], port: int) -> subprocess.Popen:
+    """Starts a helper daemon with its output discarded and waits until it listens on `port`."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, timeout_s=10, process=process)
+    return process
+
+
 def _stop(process: subprocess.Popen, *, timeout_s: float = 10.0) -> None:
     if process.poll() is None:
         process.terminate()
@@ -90,26 +97,11 @@ class RedisServer:
                 "redis-server is not installed (apt-get install -y redis-server)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.process = _launch_quiet(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
+            self.port,
         )
-        wait_for_port(self.port, timeout_s=10, process=self.process)
         return self
 
     def stop(self) -> None:
@@ -190,20 +182,11 @@ class NginxBalancer:
         checked = check_nginx_conf(conf)
         if checked.returncode != 0:
             raise RuntimeError(f"nginx -t failed: {checked.stderr}")
-        self.process = subprocess.Popen(
-            [
-                _which("nginx") or "nginx",
-                "-c",
-                str(conf),
-                "-p",
-                str(self.workdir),
-                "-e",
-                str(self.workdir / "error.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.process = _launch_quiet(
+            [_which("nginx") or "nginx", "-c", str(conf), "-p", str(self.workdir),
+             "-e", str(self.workdir / "error.log")],
+            self.port,
         )
-        wait_for_port(self.port, timeout_s=10, process=self.process)
         return self
 
     def stop(self) -> None:
