@@ -21,7 +21,6 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,12 +34,13 @@ from avatar_server.renderers.ditto.engine import EngineOptions
 from avatar_server.renderers.ditto.models import load_networks
 from avatar_server.renderers.ditto.motion_diffusion import ddim_steps, sample_motion
 from avatar_server.renderers.ditto.renderer import DittoRenderer
+from avatar_server.settings import Settings, load_settings
 
 LANDMARKS = ROOT / "bench" / "ditto_astronaut_landmarks.npy"  # mediapipe 478 on skimage's astronaut
 
 
-def settings(args: argparse.Namespace, **overrides) -> SimpleNamespace:
-    """The fields DittoRenderer reads from avatar_server.settings.Settings."""
+def settings(args: argparse.Namespace, **overrides) -> Settings:
+    """The service settings DittoRenderer reads, for this benchmark."""
     values = dict(
         checkpoints=Path(args.checkpoints), ditto_runtime="pytorch", ditto_device=args.device,
         ditto_sampling_steps=args.steps, ditto_max_size=512, ditto_template_frames=1, ditto_overlap=10,
@@ -48,7 +48,7 @@ def settings(args: argparse.Namespace, **overrides) -> SimpleNamespace:
         ditto_compile=False, max_sessions=64,
     )
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return load_settings(environment=False, **values)
 
 
 def avatars(cache: Path) -> list[AvatarAssets]:
@@ -329,7 +329,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         load_started = time.perf_counter()
         config = settings(args, **overrides)
-        net = load_networks(config.checkpoints, runtime="pytorch", device=args.device, precision=precision)
+        net = load_networks(config.ditto.checkpoints, runtime="pytorch", device=args.device, precision=precision)
         if engine is not None and engine.graph_windows:
             net.lmdm = capture_friendly_lmdm(net)  # see the shim's docstring
         if args.compile_modules and engine is not None:

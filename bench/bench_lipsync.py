@@ -92,8 +92,8 @@ async def run(turns: int, preset: str, crf: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=8)
-    parser.add_argument("--preset", default=Settings().x264_preset)
-    parser.add_argument("--crf", type=int, default=Settings().video_crf)
+    parser.add_argument("--preset", default=Settings().media.x264_preset)
+    parser.add_argument("--crf", type=int, default=Settings().media.video_crf)
     args = parser.parse_args()
     asyncio.run(run(args.turns, args.preset, args.crf))
 

@@ -54,12 +54,12 @@ async def running_service(data_dir: Path, **overrides: object) -> AsyncIterator[
     from avatar.v1 import avatar_pb2_grpc
 
     from avatar_server.server import AvatarServer, build_deps
-    from avatar_server.settings import Settings
+    from avatar_server.settings import load_settings
 
     values: dict[str, object] = dict(host="127.0.0.1", port=0, auth_disabled=True,
                                      data_dir=data_dir, echo_token_delay_s=0.005)
     values.update(overrides)
-    settings = Settings(**values)
+    settings = load_settings(**values)
     deps = await build_deps(settings)
     server = AvatarServer(settings, deps)
     port = await server.start()

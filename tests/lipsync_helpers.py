@@ -14,7 +14,7 @@ from avatar_server.avatars.registry import AvatarRegistry
 from avatar_server.media.resample import resample
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
 from avatar_server.renderers.base import Frame, RenderSession
-from avatar_server.settings import Settings
+from avatar_server.settings import EspeakSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SPEECH_FIXTURE = SHARED / "fixtures" / "ditto_example_speech_24k.wav"
@@ -37,7 +37,7 @@ def fixture_speech(seconds: float) -> np.ndarray:
 
 async def espeak_speech(text: str, voice: str) -> np.ndarray:
     """espeak-ng's speech for `text` (through the project's provider), float32 at 16 kHz."""
-    synthesizer = EspeakSynthesizer(Settings())
+    synthesizer = EspeakSynthesizer(EspeakSettings())
     pieces = [piece async for piece in synthesizer.synthesize(text, voice=voice, language="")]
     pcm = np.concatenate(
         [resample(p.pcm.astype(np.float32) / 32768, p.sample_rate, RATE) for p in pieces]

@@ -20,7 +20,7 @@ from avatar_server.errors import CapacityExhausted, InvalidInput, RenderError
 from avatar_server.renderers.ditto.engine import FrameRequest
 from avatar_server.renderers.ditto.motion_diffusion import WindowPlan
 from avatar_server.renderers.ditto.renderer import DittoRenderer
-from avatar_server.settings import Settings
+from avatar_server.settings import Settings, load_settings
 
 SAMPLES_PER_FRAME = 640
 
@@ -70,7 +70,7 @@ def _settings(standin_dir: Path, **overrides) -> Settings:
                   ditto_capacity_fps=1000.0, ditto_render_batch=8, ditto_first_frames=5, ditto_stride=10,
                   ditto_overlap=5)
     values.update(overrides)
-    return Settings(**values)
+    return load_settings(**values)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from avatar_server.errors import AvatarError, ProviderError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.llm.echo import EchoLanguageModel, compose_echo_reply
 from avatar_server.providers.llm.openai_llm import OpenAILanguageModel
-from avatar_server.settings import Settings
+from avatar_server.settings import EchoSettings, OpenAISettings, load_settings
 from provider_servers import FakeOpenAIServer, free_port
 
 
@@ -46,21 +46,21 @@ def openai_model(url: str, **overrides: object) -> OpenAILanguageModel:
         openai_max_retries=2,
     )
     values.update(overrides)
-    return OpenAILanguageModel(Settings(**values))
+    return OpenAILanguageModel(load_settings(**values).openai)
 
 
 # --------------------------------------------------------------------------- echo (offline)
 
 
 async def test_echo_repeats_english_word_by_word() -> None:
-    model = EchoLanguageModel(Settings(echo_token_delay_s=0.0))
+    model = EchoLanguageModel(EchoSettings(token_delay_s=0.0))
     deltas = await collect(model, "  What is   the weather like?")
     assert "".join(deltas) == "You said: What is the weather like?"
     assert deltas == ["You ", "said: ", "What ", "is ", "the ", "weather ", "like?"]
 
 
 async def test_echo_answers_korean_in_korean() -> None:
-    model = EchoLanguageModel(Settings(echo_token_delay_s=0.0))
+    model = EchoLanguageModel(EchoSettings(token_delay_s=0.0))
     reply = "".join(await collect(model, "오늘 날씨 어때요?", language="en-US"))
     assert reply.endswith("오늘 날씨 어때요?")
     assert reply.startswith("말씀하신")
@@ -79,7 +79,7 @@ async def test_echo_uses_last_user_message_and_is_deterministic() -> None:
 
 
 async def test_echo_spaces_tokens_by_the_configured_delay() -> None:
-    model = EchoLanguageModel(Settings(echo_token_delay_s=0.05))
+    model = EchoLanguageModel(EchoSettings(token_delay_s=0.05))
     started = time.monotonic()
     deltas = await collect(model, "one two three")
     assert len(deltas) == 5
@@ -218,7 +218,7 @@ async def test_openai_reads_the_library_environment_variables(
 ) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai_server.url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-environment")
-    model = OpenAILanguageModel(Settings(openai_timeout_s=2.0))
+    model = OpenAILanguageModel(load_settings(openai_timeout_s=2.0).openai)
     deltas = await collect(model, "from env")
     await model.aclose()
     assert "".join(deltas) == "Echo: from env"
@@ -232,7 +232,7 @@ def test_openai_without_any_key_is_a_clear_configuration_error(
     monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
     monkeypatch.delenv("AVATAR_OPENAI_API_KEY", raising=False)
     with pytest.raises(AvatarError) as caught:
-        OpenAILanguageModel(Settings(_env_file=None))
+        OpenAILanguageModel(OpenAISettings())
     assert caught.value.code == StatusCode.FAILED_PRECONDITION
     assert caught.value.stage == "llm"
     assert "OPENAI_API_KEY" in caught.value.message

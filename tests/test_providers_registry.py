@@ -12,7 +12,7 @@ from avatar_server.providers.llm.openai_llm import OpenAILanguageModel
 from avatar_server.providers.registry import create_language_model, create_speech_synthesizer
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
 from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
-from avatar_server.settings import Settings
+from avatar_server.settings import load_settings
 from provider_servers import FakeGoogleTTSServer, FakeOpenAIServer
 
 
@@ -29,7 +29,7 @@ def fake_google_tts_server() -> Iterator[FakeGoogleTTSServer]:
 
 
 async def test_defaults_are_the_offline_providers() -> None:
-    settings = Settings(_env_file=None, echo_token_delay_s=0.0)
+    settings = load_settings(environment=False, echo_token_delay_s=0.0)
     model = create_language_model(settings)
     synthesizer = create_speech_synthesizer(settings)
     assert isinstance(model, EchoLanguageModel) and model.name == "echo"
@@ -44,7 +44,7 @@ async def test_defaults_are_the_offline_providers() -> None:
 async def test_real_providers_by_name(
     fake_openai_server: FakeOpenAIServer, fake_google_tts_server: FakeGoogleTTSServer
 ) -> None:
-    settings = Settings(
+    settings = load_settings(
         llm="openai",
         tts="google",
         openai_base_url=fake_openai_server.url,
@@ -68,7 +68,7 @@ async def test_real_providers_by_name(
 )
 def test_unknown_name_lists_the_choices(field: str, create, choices: str) -> None:
     with pytest.raises(AvatarError) as caught:
-        create(Settings(**{field: "nonsense"}))
+        create(load_settings(**{field: "nonsense"}))
     assert caught.value.code == StatusCode.FAILED_PRECONDITION
     assert caught.value.stage == field
     assert choices in caught.value.message and "nonsense" in caught.value.message

@@ -9,11 +9,11 @@ import pytest
 from avatar_server.errors import NotFound
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
-from avatar_server.settings import Settings
+from avatar_server.settings import EspeakSettings
 
 
 async def speak(text: str, voice: str, rate_wpm: int = 165) -> list[SpeechAudio]:
-    synthesizer = EspeakSynthesizer(Settings(espeak_rate_wpm=rate_wpm))
+    synthesizer = EspeakSynthesizer(EspeakSettings(rate_wpm=rate_wpm))
     return [audio async for audio in synthesizer.synthesize(text, voice=voice, language="")]
 
 
@@ -89,7 +89,7 @@ async def test_unknown_voice_is_not_found() -> None:
 
 
 async def test_voices_and_defaults() -> None:
-    synthesizer = EspeakSynthesizer(Settings())
+    synthesizer = EspeakSynthesizer(EspeakSettings())
     assert {v.name: v.language for v in synthesizer.voices()} == {
         "espeak-en-us": "en-US",
         "espeak-ko": "ko-KR",

@@ -10,7 +10,7 @@ import pytest
 from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
-from avatar_server.settings import Settings
+from avatar_server.settings import GoogleTtsSettings, load_settings
 from provider_servers import (
     FAKE_GOOGLE_VOICES,
     FakeGoogleTTSServer,
@@ -38,7 +38,7 @@ def synthesizer(endpoint: str, **overrides: object) -> GoogleSpeechSynthesizer:
         google_tts_sample_rate=16000,
     )
     values.update(overrides)
-    return GoogleSpeechSynthesizer(Settings(**values))
+    return GoogleSpeechSynthesizer(load_settings(**values).google_tts)
 
 
 async def speak(tts: GoogleSpeechSynthesizer, text: str, voice: str) -> list[SpeechAudio]:
@@ -192,7 +192,7 @@ def test_missing_credentials_is_a_clear_configuration_error(
 ) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
     with pytest.raises(AvatarError) as caught:
-        GoogleSpeechSynthesizer(Settings(google_tts_endpoint=None))
+        GoogleSpeechSynthesizer(GoogleTtsSettings(endpoint=None))
     assert caught.value.code == StatusCode.FAILED_PRECONDITION
     assert caught.value.stage == "tts"
     assert "GOOGLE_APPLICATION_CREDENTIALS" in caught.value.message

@@ -15,7 +15,7 @@ from avatar_server.session_store.base import state_from_dict, state_to_dict
 from avatar_server.session_store.memory import MemorySessionStore
 from avatar_server.session_store.redis_store import RedisSessionStore
 from avatar_server.session_store.sqlite import SqliteSessionStore
-from avatar_server.settings import Settings
+from avatar_server.settings import load_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.local_cluster import RedisServer, free_port, missing_programs  # noqa: E402
@@ -177,7 +177,7 @@ def test_state_from_a_newer_version_ignores_unknown_fields() -> None:
     [("memory", MemorySessionStore), ("sqlite", SqliteSessionStore), ("Redis", RedisSessionStore)],
 )
 async def test_settings_choose_the_store(name: str, expected: type, tmp_path: Path) -> None:
-    settings = Settings(session_store=name, session_store_path=tmp_path / "s.sqlite3")
+    settings = load_settings(session_store=name, session_store_path=tmp_path / "s.sqlite3")
     store = create_session_store(settings)
     assert isinstance(store, expected)
     await store.aclose()
@@ -185,4 +185,4 @@ async def test_settings_choose_the_store(name: str, expected: type, tmp_path: Pa
 
 def test_unknown_store_name_is_a_precise_error() -> None:
     with pytest.raises(InvalidInput, match="unknown session store 'etcd'"):
-        create_session_store(Settings(session_store="etcd"))
+        create_session_store(load_settings(session_store="etcd"))

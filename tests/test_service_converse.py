@@ -267,7 +267,7 @@ async def test_health_reflection_and_server_info(data_dir) -> None:
         info = await service.stub.GetServerInfo(pb.GetServerInfoRequest())
         assert info.renderer == "lipsync" and info.version
         assert {v.language for v in info.voices} >= {"en-US", "ko-KR"}
-        assert info.default_avatar and info.limits.max_text_chars == service.settings.max_text_chars
+        assert info.default_avatar and info.limits.max_text_chars == service.settings.limits.max_text_chars
         assert info.capacity.active_sessions == 0 and info.capacity.load_frames_per_second == 0
         talk = Conversation(service.stub, pb.SessionConfig())
         await talk.until("video_init")

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avatar_server.errors import AvatarError
 from avatar_server.server import AvatarServer, build_deps
-from avatar_server.settings import Settings
+from avatar_server.settings import load_settings
 from conftest import running_service
 from service_helpers import Conversation
 
@@ -61,7 +61,7 @@ async def test_valid_keys_work_and_admin_methods_need_admin(data_dir) -> None:
 
 
 async def test_server_refuses_to_start_without_keys_unless_auth_is_explicitly_off(data_dir) -> None:
-    settings = Settings(host="127.0.0.1", port=0, data_dir=data_dir)
+    settings = load_settings(host="127.0.0.1", port=0, data_dir=data_dir)
     deps = await build_deps(settings)
     with pytest.raises(AvatarError, match="AVATAR_API_KEYS"):
         AvatarServer(settings, deps)

@@ -12,23 +12,23 @@ from pydantic import ValidationError
 from avatar_server import __version__
 from avatar_server.errors import AvatarError
 from avatar_server.logs import setup_logging
-from avatar_server.settings import Settings, load_settings
+from avatar_server.settings import FLAT_NAMES, Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar-server",
-        description="Real-time talking-avatar gRPC service. Each flag FOO_BAR is also AVATAR_FOO_BAR.",
+        description="Real-time talking-avatar gRPC service. Each flag --foo-bar is also AVATAR_FOO_BAR.",
     )
     parser.add_argument("--version", action="version", version=f"avatar-server {__version__}")
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        env = f"AVATAR_{name.upper()}"
-        help_text = f"{field.description} (env {env}; default {field.default!r})"
-        if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    for entry in FLAT_NAMES.values():
+        help_text = f"{entry.info.description} (env {entry.env}; default {entry.info.default!r})"
+        if entry.info.annotation is bool:
+            parser.add_argument(entry.flag, dest=entry.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+            parser.add_argument(entry.flag, dest=entry.name, default=None, metavar=entry.name.upper(),
+                                help=help_text)
     return parser
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(**overrides)
     except ValidationError as error:
         sys.exit(f"avatar-server: invalid settings:\n{error}")
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.service.log_level, settings.service.log_format)
     try:
         asyncio.run(serve_main(settings))
     except AvatarError as error:

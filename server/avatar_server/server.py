@@ -34,8 +34,8 @@ SERVICE_NAME = avatar_pb2.DESCRIPTOR.services_by_name["AvatarService"].full_name
 def _grpc_options(settings: Settings) -> list[tuple[str, int]]:
     """HTTP/2 settings for hour-long streams: pings keep NATs open, no connection age limit."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.limits.max_message_bytes),
+        ("grpc.max_send_message_length", settings.limits.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -46,7 +46,7 @@ def _grpc_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def build_deps(settings: Settings) -> ServiceDeps:
     """Creates the shared parts; fails fast (with what is missing) before any port opens."""
-    avatars = AvatarRegistry(settings.data_dir, max_upload_bytes=settings.max_upload_bytes)
+    avatars = AvatarRegistry(settings.service.data_dir, max_upload_bytes=settings.limits.max_upload_bytes)
     await avatars.start()
     renderer = create_renderer(settings)
     tts = create_speech_synthesizer(settings)
@@ -59,7 +59,7 @@ async def build_deps(settings: Settings) -> ServiceDeps:
         tts=tts,
         store=create_session_store(settings),
         metrics=Metrics(),
-        instance_id=settings.instance_id or socket.gethostname(),
+        instance_id=settings.service.instance_id or socket.gethostname(),
     )
     deps.metrics.send_queue.set_function(lambda: sum(s.queued_events for s in list(deps.sessions)))
     return deps
@@ -72,8 +72,8 @@ class AvatarServer:
         self.settings = settings
         self.deps = deps
         interceptors = []
-        if not settings.auth_disabled:
-            keys = parse_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else "")
+        if not settings.security.auth_disabled:
+            keys = parse_api_keys(settings.security.api_keys.get_secret_value() if settings.security.api_keys else "")
             if not keys:
                 raise AvatarError(
                     "no API keys configured: set AVATAR_API_KEYS (comma-separated, 16+ characters) "
@@ -93,13 +93,13 @@ class AvatarServer:
 
     async def start(self) -> int:
         settings = self.settings
-        address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert_file or settings.tls_key_file:
-            if not (settings.tls_cert_file and settings.tls_key_file):
+        address = f"{settings.service.host}:{settings.service.port}"
+        if settings.security.tls_cert_file or settings.security.tls_key_file:
+            if not (settings.security.tls_cert_file and settings.security.tls_key_file):
                 raise AvatarError("TLS needs both tls_cert_file and tls_key_file",
                                   code=StatusCode.FAILED_PRECONDITION, stage="server")
             credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+                [(settings.security.tls_key_file.read_bytes(), settings.security.tls_cert_file.read_bytes())]
             )
             self.port = self.server.add_secure_port(address, credentials)
         else:
@@ -107,12 +107,12 @@ class AvatarServer:
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if settings.metrics_port:
-            self.deps.metrics.serve(settings.metrics_port, settings.host)
+        if settings.service.metrics_port:
+            self.deps.metrics.serve(settings.service.metrics_port, settings.service.host)
         log.info("avatar-server %s listening on %s:%d (renderer=%s llm=%s tts=%s instance=%s auth=%s tls=%s)",
-                 __version__, settings.host, self.port, self.deps.renderer.name, self.deps.llm.name,
-                 self.deps.tts.name, self.deps.instance_id, "off" if settings.auth_disabled else "on",
-                 "on" if settings.tls_cert_file else "off")
+                 __version__, settings.service.host, self.port, self.deps.renderer.name, self.deps.llm.name,
+                 self.deps.tts.name, self.deps.instance_id, "off" if settings.security.auth_disabled else "on",
+                 "on" if settings.security.tls_cert_file else "off")
         return self.port
 
     async def drain_and_stop(self) -> None:
@@ -123,7 +123,7 @@ class AvatarServer:
         a status such as UNAVAILABLE would reach the client as an error. Open
         streams carry on while their turns finish.
         """
-        deps, grace = self.deps, self.settings.shutdown_grace_s
+        deps, grace = self.deps, self.settings.service.shutdown_grace_s
         log.info("draining: %d sessions, grace %.1f s", len(deps.sessions), grace)
         stopping = asyncio.create_task(self.server.stop(grace=grace + 5.0))
         await asyncio.sleep(0)  # let stop() close the listener now

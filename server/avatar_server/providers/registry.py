@@ -16,25 +16,25 @@ Provider = TypeVar("Provider")
 def _echo(settings: Settings) -> LanguageModel:
     from avatar_server.providers.llm.echo import EchoLanguageModel
 
-    return EchoLanguageModel(settings)
+    return EchoLanguageModel(settings.echo)
 
 
 def _openai(settings: Settings) -> LanguageModel:
     from avatar_server.providers.llm.openai_llm import OpenAILanguageModel
 
-    return OpenAILanguageModel(settings)
+    return OpenAILanguageModel(settings.openai)
 
 
 def _espeak(settings: Settings) -> SpeechSynthesizer:
     from avatar_server.providers.tts.espeak import EspeakSynthesizer
 
-    return EspeakSynthesizer(settings)
+    return EspeakSynthesizer(settings.espeak)
 
 
 def _google(settings: Settings) -> SpeechSynthesizer:
     from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
 
-    return GoogleSpeechSynthesizer(settings)
+    return GoogleSpeechSynthesizer(settings.google_tts)
 
 
 # Imports happen on choice, so an offline install never loads the cloud clients.
@@ -46,13 +46,13 @@ SPEECH_SYNTHESIZERS: dict[str, Callable[[Settings], SpeechSynthesizer]] = {
 
 
 def create_language_model(settings: Settings) -> LanguageModel:
-    """The language model named by `settings.llm` (AVATAR_LLM)."""
-    return _choose(LANGUAGE_MODELS, settings.llm, "AVATAR_LLM", "llm")(settings)
+    """The language model named by `settings.pipeline.llm` (AVATAR_LLM)."""
+    return _choose(LANGUAGE_MODELS, settings.pipeline.llm, "AVATAR_LLM", "llm")(settings)
 
 
 def create_speech_synthesizer(settings: Settings) -> SpeechSynthesizer:
-    """The speech synthesizer named by `settings.tts` (AVATAR_TTS)."""
-    return _choose(SPEECH_SYNTHESIZERS, settings.tts, "AVATAR_TTS", "tts")(settings)
+    """The speech synthesizer named by `settings.pipeline.tts` (AVATAR_TTS)."""
+    return _choose(SPEECH_SYNTHESIZERS, settings.pipeline.tts, "AVATAR_TTS", "tts")(settings)
 
 
 def _choose(

@@ -10,16 +10,16 @@ RENDERERS = ("lipsync", "ditto")
 
 
 def create_renderer(settings: Settings) -> Renderer:
-    """The renderer named by `settings.renderer`."""
-    if settings.renderer == "lipsync":
+    """The renderer named by `settings.pipeline.renderer`."""
+    if settings.pipeline.renderer == "lipsync":
         from avatar_server.renderers.lipsync import LipSyncRenderer
 
         return LipSyncRenderer(settings)
-    if settings.renderer == "ditto":
+    if settings.pipeline.renderer == "ditto":
         from avatar_server.renderers.ditto.renderer import DittoRenderer
 
         return DittoRenderer(settings)
     raise AvatarError(
-        f"unknown renderer {settings.renderer!r}; choose one of {', '.join(RENDERERS)}",
+        f"unknown renderer {settings.pipeline.renderer!r}; choose one of {', '.join(RENDERERS)}",
         code=StatusCode.INVALID_ARGUMENT, stage="server",
     )

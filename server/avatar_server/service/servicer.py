@@ -89,7 +89,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
     async def Speak(
         self, request: pb.SpeakRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseResponse]:
-        limit = self.deps.settings.max_text_chars
+        limit = self.deps.settings.limits.max_text_chars
         if not request.text.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text is empty")
         if len(request.text) > limit:
@@ -133,7 +133,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
     async def RegisterAvatar(
         self, request_iterator: AsyncIterator[pb.RegisterAvatarRequest], context: grpc.aio.ServicerContext
     ) -> pb.Avatar:
-        limit = self.deps.settings.max_upload_bytes
+        limit = self.deps.settings.limits.max_upload_bytes
         try:
             metadata: pb.AvatarUpload | None = None
             data = bytearray()
@@ -190,10 +190,10 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
                     for m in deps.renderer.models()],
             voices=[pb.Voice(name=v.name, language=v.language) for v in deps.tts.voices()],
             limits=pb.Limits(
-                max_text_chars=settings.max_text_chars, max_sessions=settings.max_sessions,
-                max_upload_bytes=settings.max_upload_bytes,
-                session_idle_timeout_s=settings.session_idle_timeout_s,
-                turn_deadline_s=settings.turn_deadline_s,
+                max_text_chars=settings.limits.max_text_chars, max_sessions=settings.limits.max_sessions,
+                max_upload_bytes=settings.limits.max_upload_bytes,
+                session_idle_timeout_s=settings.limits.session_idle_timeout_s,
+                turn_deadline_s=settings.limits.turn_deadline_s,
             ),
             capacity=pb.Capacity(
                 active_sessions=len(deps.sessions),

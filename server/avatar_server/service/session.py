@@ -63,7 +63,7 @@ class Session:
         self.width, self.height = width, height
         self.id = state.session_id
         self._out: asyncio.Queue[pb.ConverseResponse | EndStream] = asyncio.Queue(
-            deps.settings.send_queue_events)
+            deps.settings.limits.send_queue_events)
         self._turn_task: asyncio.Task[None] | None = None
         self._turn_id = ""
         self._cancel_reason = ""
@@ -84,22 +84,22 @@ class Session:
         if deps.draining:
             raise AvatarError("server is draining; reconnect to another instance",
                               code=StatusCode.UNAVAILABLE, stage="session", retriable=True)
-        if len(deps.sessions) >= settings.max_sessions:
+        if len(deps.sessions) >= settings.limits.max_sessions:
             raise CapacityExhausted(
-                f"server is at its limit of {settings.max_sessions} sessions; retry in a few seconds"
+                f"server is at its limit of {settings.limits.max_sessions} sessions; retry in a few seconds"
             )
-        language = config.language or settings.default_language
+        language = config.language or settings.session.default_language
         if not _LANGUAGE.match(language):
             raise InvalidInput(f"config.language {language!r} is not a BCP-47 tag like 'en-US'")
         output = config.output
-        fps = output.fps or settings.fps
-        if not 1 <= fps <= 60 or settings.clock_rate % fps:
-            raise InvalidInput(f"config.output.fps {fps} must be 1..60 and divide {settings.clock_rate}")
-        segment_seconds = output.segment_seconds or settings.segment_seconds
+        fps = output.fps or settings.media.fps
+        if not 1 <= fps <= 60 or settings.media.clock_rate % fps:
+            raise InvalidInput(f"config.output.fps {fps} must be 1..60 and divide {settings.media.clock_rate}")
+        segment_seconds = output.segment_seconds or settings.media.segment_seconds
         if not 0.2 <= segment_seconds <= 10.0:
             raise InvalidInput(f"config.output.segment_seconds {segment_seconds} must be 0.2..10")
-        if len(config.system_prompt) > settings.max_text_chars:
-            raise InvalidInput(f"config.system_prompt is longer than {settings.max_text_chars} characters")
+        if len(config.system_prompt) > settings.limits.max_text_chars:
+            raise InvalidInput(f"config.system_prompt is longer than {settings.limits.max_text_chars} characters")
         video = output.video if output.HasField("video") else True
         pcm_out = output.pcm_audio if output.HasField("pcm_audio") else True
 
@@ -108,7 +108,7 @@ class Session:
         if state is None:
             state = SessionState(
                 session_id=secrets.token_hex(16), avatar_id="", voice="", language=language,
-                system_prompt="", clock_rate=settings.clock_rate, fps=fps,
+                system_prompt="", clock_rate=settings.media.clock_rate, fps=fps,
             )
         avatar_id = config.avatar or state.avatar_id or deps.avatars.default_id
         avatar = await deps.avatars.get(avatar_id)
@@ -131,8 +131,8 @@ class Session:
             try:
                 encoder = SegmentEncoder(
                     width=width, height=height, fps=state.fps, clock_rate=state.clock_rate,
-                    crf=settings.video_crf, preset=settings.x264_preset,
-                    threads=settings.encoder_threads, start_frame=state.next_frame,
+                    crf=settings.media.video_crf, preset=settings.media.x264_preset,
+                    threads=settings.media.encoder_threads, start_frame=state.next_frame,
                     start_sequence=state.next_sequence,
                 )
             except BaseException:
@@ -195,7 +195,7 @@ class Session:
 
     async def start_turn(self, text: str, turn_id: str, *, from_llm: bool) -> str:
         """Validates a turn, cancels the running one (barge-in) and starts the new one."""
-        limit = self.deps.settings.max_text_chars
+        limit = self.deps.settings.limits.max_text_chars
         if not text.strip():
             raise InvalidInput("message.text is empty")
         if len(text) > limit:
@@ -246,7 +246,7 @@ class Session:
 
     # -------------------------------------------------------------------- turns
     def _conversation(self, user_text: str) -> list[ChatMessage]:
-        prompt = self.state.system_prompt or self.deps.settings.system_prompt
+        prompt = self.state.system_prompt or self.deps.settings.session.system_prompt
         messages = [ChatMessage("system", prompt)]
         messages += [ChatMessage(role, content) for role, content in self.state.history]  # type: ignore[arg-type]
         messages.append(ChatMessage("user", user_text))
@@ -273,7 +273,7 @@ class Session:
                     deps.metrics.frames.inc(event.frames)
                 await self._put(convert.event_pb(event, self.id, turn_id, self.media.clock_rate))
 
-            deadline = deps.settings.turn_deadline_s or None
+            deadline = deps.settings.limits.turn_deadline_s or None
             try:
                 async with asyncio.timeout(deadline):
                     await run_turn(reply, media=self.media, tts=deps.tts, voice=self.state.voice,
@@ -333,7 +333,7 @@ class Session:
             state.history.append(("user", user_text))
             state.history.append(("assistant", reply_text))
             state.completed_turns += 1
-        keep = 2 * self.deps.settings.max_history_turns
+        keep = 2 * self.deps.settings.limits.max_history_turns
         del state.history[:-keep]
         state.media_position = self.media.position
         state.next_frame = self.media.next_frame
@@ -361,7 +361,7 @@ class Session:
         """Queues an event; a client too slow to take events for long is ended."""
         if self._closed:
             return
-        lag = self.deps.settings.max_send_lag_s
+        lag = self.deps.settings.limits.max_send_lag_s
         try:
             async with asyncio.timeout(lag or None):
                 await self._out.put(item)
@@ -407,7 +407,7 @@ class Session:
         self._put_nowait_end(EndStream(code, message))
 
     async def _idle_watchdog(self) -> None:
-        timeout = self.deps.settings.session_idle_timeout_s
+        timeout = self.deps.settings.limits.session_idle_timeout_s
         if not timeout:
             return
         while True:

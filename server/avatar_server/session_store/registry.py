@@ -10,22 +10,22 @@ SESSION_STORE_NAMES = ("memory", "sqlite", "redis")
 
 
 def create_session_store(settings: Settings) -> SessionStore:
-    """The store `settings.session_store` names: memory, sqlite (one machine) or redis (many)."""
-    name = settings.session_store.strip().lower()
+    """The store `settings.store.kind` names: memory, sqlite (one machine) or redis (many)."""
+    name = settings.store.kind.strip().lower()
     if name == "memory":
         from avatar_server.session_store.memory import MemorySessionStore
 
-        return MemorySessionStore(ttl_s=settings.session_ttl_s)
+        return MemorySessionStore(ttl_s=settings.store.ttl_s)
     if name == "sqlite":
         from avatar_server.session_store.sqlite import SqliteSessionStore
 
-        return SqliteSessionStore(settings.session_store_path, ttl_s=settings.session_ttl_s)
+        return SqliteSessionStore(settings.store.path, ttl_s=settings.store.ttl_s)
     if name == "redis":
         from avatar_server.session_store.redis_store import RedisSessionStore
 
-        return RedisSessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+        return RedisSessionStore(settings.store.redis_url, ttl_s=settings.store.ttl_s)
     raise InvalidInput(
-        f"unknown session store {settings.session_store!r}; "
+        f"unknown session store {settings.store.kind!r}; "
         f"choose one of {', '.join(SESSION_STORE_NAMES)}",
         stage="server",
     )

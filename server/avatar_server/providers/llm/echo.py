@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from avatar_server.providers.language import contains_hangul, is_korean
 from avatar_server.providers.llm.base import ChatMessage
-from avatar_server.settings import Settings
+from avatar_server.settings import EchoSettings
 
 _TOKEN = re.compile(r"\S+\s*")
 
@@ -19,13 +19,13 @@ class EchoLanguageModel:
     It lets the whole service run with no model and no network. The reply is
     in Korean when the message has Hangul (or, for an empty message, when the
     session language is Korean), else in English; it is deterministic and
-    streamed word by word, `settings.echo_token_delay_s` apart, like a model.
+    streamed word by word, `settings.token_delay_s` apart, like a model.
     """
 
     name = "echo"
 
-    def __init__(self, settings: Settings) -> None:
-        self._token_delay_s = settings.echo_token_delay_s
+    def __init__(self, settings: EchoSettings) -> None:
+        self._token_delay_s = settings.token_delay_s
 
     def stream_reply(self, messages: Sequence[ChatMessage], *, language: str) -> AsyncIterator[str]:
         """Yields the echo reply, one word (with its trailing space) at a time."""

@@ -12,7 +12,7 @@ import openai
 from avatar_server.errors import AvatarError, ProviderError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.retry import sleep_before_retry
-from avatar_server.settings import Settings
+from avatar_server.settings import OpenAISettings
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,14 @@ class OpenAILanguageModel:
 
     name = "openai"
 
-    def __init__(self, settings: Settings) -> None:
-        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    def __init__(self, settings: OpenAISettings) -> None:
+        api_key = settings.api_key.get_secret_value() if settings.api_key else None
         try:
             # base_url/api_key None let the library read OPENAI_BASE_URL / OPENAI_API_KEY.
             self._client = openai.AsyncOpenAI(
                 api_key=api_key or None,
-                base_url=settings.openai_base_url or None,
-                timeout=settings.openai_timeout_s,
+                base_url=settings.base_url or None,
+                timeout=settings.timeout_s,
                 max_retries=0,  # retried here, where we know whether text was said
             )
         except openai.OpenAIError:
@@ -61,11 +61,11 @@ class OpenAILanguageModel:
             ) from None
         self._api_key = self._client.api_key
         self._host = urlsplit(str(self._client.base_url)).netloc
-        self._model = settings.openai_model
-        self._temperature = settings.openai_temperature
-        self._max_tokens = settings.openai_max_tokens
-        self._first_token_timeout_s = settings.openai_timeout_s
-        self._max_retries = max(0, settings.openai_max_retries)
+        self._model = settings.model
+        self._temperature = settings.temperature
+        self._max_tokens = settings.max_tokens
+        self._first_token_timeout_s = settings.timeout_s
+        self._max_retries = max(0, settings.max_retries)
 
     def stream_reply(self, messages: Sequence[ChatMessage], *, language: str) -> AsyncIterator[str]:
         """Yields the model's reply as text deltas, in order."""

@@ -10,7 +10,7 @@ from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCod
 from avatar_server.providers.language import is_english, is_korean, split_sentences
 from avatar_server.providers.tts.base import SpeechAudio, Voice, WordTiming
 from avatar_server.providers.tts.espeak_engine import EspeakEngine, EspeakResult
-from avatar_server.settings import Settings
+from avatar_server.settings import EspeakSettings
 
 # Our voice name -> (espeak-ng voice, BCP-47 language).
 _VOICES = {
@@ -29,8 +29,8 @@ class EspeakSynthesizer:
 
     name = "espeak"
 
-    def __init__(self, settings: Settings) -> None:
-        self._rate_wpm = settings.espeak_rate_wpm
+    def __init__(self, settings: EspeakSettings) -> None:
+        self._rate_wpm = settings.rate_wpm
         try:
             self._engine = EspeakEngine.shared()
         except (OSError, RuntimeError) as exc:

@@ -23,7 +23,7 @@ from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCod
 from avatar_server.providers.language import is_english, is_korean, split_sentences
 from avatar_server.providers.retry import sleep_before_retry
 from avatar_server.providers.tts.base import SpeechAudio, Voice
-from avatar_server.settings import Settings
+from avatar_server.settings import GoogleTtsSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _RETRIABLE = (
 
 
 class GoogleSpeechSynthesizer:
-    """Speech from Google Cloud TTS as LINEAR16 at `settings.google_tts_sample_rate`.
+    """Speech from Google Cloud TTS as LINEAR16 at `settings.sample_rate`.
 
     Credentials come from Application Default Credentials. An endpoint of the
     form http://host:port means a plaintext channel without credentials (local
@@ -45,14 +45,14 @@ class GoogleSpeechSynthesizer:
 
     name = "google"
 
-    def __init__(self, settings: Settings) -> None:
-        self._voice_en = settings.google_tts_voice_en
-        self._voice_ko = settings.google_tts_voice_ko
-        self._speaking_rate = settings.google_tts_speaking_rate
-        self._sample_rate = settings.google_tts_sample_rate
-        self._timeout_s = settings.google_tts_timeout_s
-        self._max_retries = max(0, settings.google_tts_max_retries)
-        self._endpoint = settings.google_tts_endpoint or ""
+    def __init__(self, settings: GoogleTtsSettings) -> None:
+        self._voice_en = settings.voice_en
+        self._voice_ko = settings.voice_ko
+        self._speaking_rate = settings.speaking_rate
+        self._sample_rate = settings.sample_rate
+        self._timeout_s = settings.timeout_s
+        self._max_retries = max(0, settings.max_retries)
+        self._endpoint = settings.endpoint or ""
         self._plaintext = self._endpoint.startswith("http://")
         self._credentials = None if self._plaintext else _default_credentials()
         self._client: Any = None

@@ -189,21 +189,21 @@ def load_networks(
 def config_overrides_from_settings(settings: Any) -> Mapping[str, Any]:
     """The DittoConfig overrides the service settings carry (sampling steps, max size, template frames)."""
     return {
-        "sampling_timesteps": settings.ditto_sampling_steps,
-        "max_size": settings.ditto_max_size,
-        "template_n_frames": settings.ditto_template_frames,
+        "sampling_timesteps": settings.ditto.sampling_steps,
+        "max_size": settings.ditto.max_size,
+        "template_n_frames": settings.ditto.template_frames,
     }
 
 
 def network_options_from_settings(settings: Any) -> dict[str, Any]:
     """load_networks keyword arguments from the service settings (runtime, device, precision, engine_dir).
 
-    The device is the first of `settings.ditto_device`'s list; DittoRenderer loads one set per device."""
+    The device is the first of `settings.ditto.device`'s list; DittoRenderer loads one set per device."""
     return {
-        "runtime": settings.ditto_runtime,
-        "device": engine_devices(settings.ditto_device)[0],
-        "precision": None if settings.ditto_precision == "auto" else settings.ditto_precision,
-        "engine_dir": settings.ditto_engine_dir,
+        "runtime": settings.ditto.runtime,
+        "device": engine_devices(settings.ditto.device)[0],
+        "precision": None if settings.ditto.precision == "auto" else settings.ditto.precision,
+        "engine_dir": settings.ditto.engine_dir,
     }
 
 

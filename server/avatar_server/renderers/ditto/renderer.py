@@ -68,7 +68,7 @@ class DittoRenderer:
 
     def __init__(self, settings: Any, *, networks: Any = None, engine_options: EngineOptions | None = None) -> None:
         """`networks` (one loaded set) skips loading and gives a single engine; otherwise one set is
-        loaded per device of `settings.ditto_device`."""
+        loaded per device of `settings.ditto.device`."""
         if networks is None:
             from avatar_server.renderers.ditto.models import (
                 engine_devices,
@@ -77,35 +77,35 @@ class DittoRenderer:
             )
 
             options = network_options_from_settings(settings)
-            network_sets = [load_networks(Path(settings.checkpoints), **{**options, "device": device})
-                            for device in engine_devices(settings.ditto_device)]
+            network_sets = [load_networks(Path(settings.ditto.checkpoints), **{**options, "device": device})
+                            for device in engine_devices(settings.ditto.device)]
         else:
             network_sets = [networks]
         self.networks = network_sets[0]
         self.stream_options = StreamOptions(
-            sampling_steps=settings.ditto_sampling_steps,
-            overlap=settings.ditto_overlap,
-            stride=settings.ditto_stride,
-            first_frames=settings.ditto_first_frames,
+            sampling_steps=settings.ditto.sampling_steps,
+            overlap=settings.ditto.overlap,
+            stride=settings.ditto.stride,
+            first_frames=settings.ditto.first_frames,
         )
         self.stream_options.validate(self.networks.seq_frames)
-        self._max_size = settings.ditto_max_size
-        self._template_frames = settings.ditto_template_frames
-        self._weights_id = _weights_id(Path(settings.checkpoints))
-        batch_sizes = tuple(s for s in (1, 2, 4, 8, 16, 32, 64) if s <= settings.ditto_render_batch)
+        self._max_size = settings.ditto.max_size
+        self._template_frames = settings.ditto.template_frames
+        self._weights_id = _weights_id(Path(settings.ditto.checkpoints))
+        batch_sizes = tuple(s for s in (1, 2, 4, 8, 16, 32, 64) if s <= settings.ditto.render_batch)
         options = engine_options or EngineOptions(
             render_batch_sizes=batch_sizes or (1,),
-            sampling_steps=settings.ditto_sampling_steps,
-            frames_per_window=settings.ditto_stride,
-            capacity_fps=settings.ditto_capacity_fps,
-            max_sessions=settings.max_sessions,
-            compile_render=settings.ditto_compile,
-            graph_windows=settings.ditto_compile,
-            warm_up=settings.ditto_compile,
+            sampling_steps=settings.ditto.sampling_steps,
+            frames_per_window=settings.ditto.stride,
+            capacity_fps=settings.ditto.capacity_fps,
+            max_sessions=settings.limits.max_sessions,
+            compile_render=settings.ditto.compile,
+            graph_windows=settings.ditto.compile,
+            warm_up=settings.ditto.compile,
         )
         from avatar_server.renderers.ditto.models import resolve_frame_format
 
-        frame_format = getattr(settings, "ditto_frame_format", "auto")
+        frame_format = settings.ditto.frame_format
         self.engines: list[DittoEngine] = []
         try:
             for net in network_sets:

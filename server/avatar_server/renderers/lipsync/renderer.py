@@ -195,7 +195,7 @@ class LipSyncRenderer:
     name = "lipsync"
 
     def __init__(self, settings: Settings) -> None:
-        self.sample_rate = settings.clock_rate
+        self.sample_rate = settings.media.clock_rate
         self._prepared: OrderedDict[tuple[str, str, int], PreparedAvatar] = OrderedDict()
         self._lock = asyncio.Lock()
         self._timing = _DrawTiming()
