@@ -14,9 +14,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-
+from avatar_server.core.frames import Frame
 from avatar_server.media import SegmentEncoder
-from avatar_server.renderers.base import Frame
 
 PORTRAIT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ditto_example_portrait.jpg"
 

@@ -33,7 +33,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from avatar.v1 import avatar_pb2 as pb  # noqa: E402
-
 from conftest import running_service  # noqa: E402
 from service_helpers import Conversation  # noqa: E402
 

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from avatar.v1 import avatar_pb2 as pb  # noqa: E402
 from avatar.v1 import avatar_pb2_grpc as pb_grpc  # noqa: E402
-
 from conftest import free_port, start_service_process, stop_process  # noqa: E402
 from service_helpers import Conversation  # noqa: E402
 

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from avatar.v1 import avatar_pb2 as pb  # noqa: E402
 from avatar.v1 import avatar_pb2_grpc as pb_grpc  # noqa: E402
-
 from conftest import running_service  # noqa: E402
 from service_helpers import Conversation  # noqa: E402
 

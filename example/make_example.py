@@ -3,7 +3,7 @@
 Run from the repository root: `.venv/bin/python example/make_example.py`. The
 portrait is `skimage.data.astronaut()` (Eileen Collins, NASA, public domain,
 shipped inside scikit-image); the idle video is that portrait brought to life by
-`avatar_server.avatars.idle_motion` (blinks, a slow breathing sway), one
+`avatar_server.renderers.lipsync.idle_motion` (blinks, a slow breathing sway), one
 8-second period, so it loops without a seam.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import cv2
 import skimage.data
-from avatar_server.avatars.idle_motion import IdleMotion
 from avatar_server.avatars.landmarks import LAYOUTS, MediaPipeFaceLandmarker
+from avatar_server.core.frames import Frame
 from avatar_server.media.clip import encode_clip
-from avatar_server.renderers.base import Frame
+from avatar_server.renderers.lipsync.idle_motion import IdleMotion
 
 HERE = Path(__file__).resolve().parent
 FPS = 25

@@ -52,7 +52,6 @@ class InProcessService:
 async def running_service(data_dir: Path, **overrides: object) -> AsyncIterator[InProcessService]:
     """Starts the real service on a free loopback port (auth off unless overridden)."""
     from avatar.v1 import avatar_pb2_grpc
-
     from avatar_server.server import AvatarServer, build_deps
     from avatar_server.settings import load_settings
 

@@ -11,9 +11,10 @@ import numpy as np
 from avatar_server.avatars.landmarks import FaceLandmarker, inner_lip_gap
 from avatar_server.avatars.model import AvatarAssets
 from avatar_server.avatars.registry import AvatarRegistry
+from avatar_server.core.frames import Frame
 from avatar_server.media.resample import resample
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
-from avatar_server.renderers.base import Frame, RenderSession
+from avatar_server.renderers.base import RenderSession
 from avatar_server.settings import EspeakSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

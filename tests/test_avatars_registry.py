@@ -12,9 +12,9 @@ import pytest
 import skimage.data
 from avatar_server.avatars.landmarks import FaceDetection, MediaPipeFaceLandmarker
 from avatar_server.avatars.registry import AvatarRegistry
-from avatar_server.errors import AvatarError, InvalidInput, NotFound, StatusCode
+from avatar_server.core.errors import AvatarError, InvalidInput, NotFound, StatusCode
+from avatar_server.core.frames import Frame
 from avatar_server.media.clip import encode_clip
-from avatar_server.renderers.base import Frame
 
 LIMIT = 5 * 1024 * 1024
 

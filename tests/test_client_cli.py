@@ -8,9 +8,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from avatar_server.avatars.landmarks import MediaPipeFaceLandmarker
-from avatar_server.renderers.base import Frame
+from avatar_server.core.frames import Frame
 from conftest import VENV_BIN
 from lipsync_helpers import lip_sync_correlation
 from service_helpers import decode_fmp4

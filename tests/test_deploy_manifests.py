@@ -18,7 +18,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
 from avatar_server.service.metrics import Metrics
 from avatar_server.settings import FLAT_NAMES
 

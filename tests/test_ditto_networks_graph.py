@@ -9,13 +9,12 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
-
 from avatar_server.renderers.ditto.checkpoints import CheckpointsError  # noqa: E402
 from avatar_server.renderers.ditto.onnx_graph import (  # noqa: E402
     custom_grid_sample_nodes,
     replace_custom_grid_samples,
 )
+from onnx import TensorProto, helper  # noqa: E402
 
 
 def _custom_model(align_corners: int, mode: object = 0, domain: str = "plugin", op: str = "GridSample3D") -> onnx.ModelProto:

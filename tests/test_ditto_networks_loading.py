@@ -17,8 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
-
-from avatar_server.errors import StatusCode  # noqa: E402
+from avatar_server.core.errors import StatusCode  # noqa: E402
 from avatar_server.renderers.ditto import checkpoints as layout  # noqa: E402
 from avatar_server.renderers.ditto.checkpoints_cli import main as checkpoints_cli  # noqa: E402
 from avatar_server.renderers.ditto.config import ConfigError  # noqa: E402

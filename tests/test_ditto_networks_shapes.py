@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from avatar_server.renderers.ditto.loaders import SPECS, size_of  # noqa: E402
-from avatar_server.renderers.ditto.official_shapes import OFFICIAL_STATE_DICT_SHAPES  # noqa: E402
+from ditto_official_shapes import OFFICIAL_STATE_DICT_SHAPES  # noqa: E402
 
 FILES = {
     "appearance_extractor": "appearance_extractor.pth",

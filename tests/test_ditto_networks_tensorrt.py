@@ -17,7 +17,12 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from avatar_server.renderers.ditto import checkpoints as layout  # noqa: E402
-from avatar_server.renderers.ditto.build_engines import BuildPlan, configure, plan_builds, profile_for  # noqa: E402
+from avatar_server.renderers.ditto.build_engines import (  # noqa: E402
+    BuildPlan,
+    configure,
+    plan_builds,
+    profile_for,
+)
 from avatar_server.renderers.ditto.checkpoints import CheckpointsError  # noqa: E402
 from avatar_server.renderers.ditto.runtimes.tensorrt_runtime import (  # noqa: E402
     ShapeRange,
@@ -98,9 +103,8 @@ def test_input_shapes_are_checked_against_the_profile_and_batches_split() -> Non
 @pytest.fixture(scope="module")
 def onnx_standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ditto_onnx/ folder of minimal graphs with the official input names and batch-1 shapes."""
-    from onnx import TensorProto, helper
-
     from avatar_server.renderers.ditto.runtimes.onnx_runtime import IO_NAMES
+    from onnx import TensorProto, helper
 
     shapes = {
         "image": [1, 3, 256, 256], "feature_3d": [1, 2, 4, 64, 64], "kp_source": [1, 21, 3], "kp_driving": [1, 21, 3],

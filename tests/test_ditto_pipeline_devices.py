@@ -17,10 +17,10 @@ torch = pytest.importorskip("torch")
 av = pytest.importorskip("av")
 
 import test_ditto_pipeline_engine as engine_tests  # its fixtures and helpers, shared
-from avatar_server.errors import CapacityExhausted, RenderError
+from avatar_server.core.errors import CapacityExhausted, RenderError
+from avatar_server.core.frames import Frame
 from avatar_server.media import SegmentEncoder
 from avatar_server.media.video_frames import FrameConverter
-from avatar_server.renderers.base import Frame
 from avatar_server.renderers.ditto.models import CheckpointsError, engine_devices
 from avatar_server.renderers.ditto.putback import to_i420_async
 from avatar_server.renderers.ditto.renderer import DittoRenderer

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from avatar_server.avatars.model import AvatarAssets, AvatarInfo
-from avatar_server.errors import CapacityExhausted, InvalidInput, RenderError
+from avatar_server.core.errors import CapacityExhausted, InvalidInput, RenderError
 from avatar_server.renderers.ditto.engine import FrameRequest
 from avatar_server.renderers.ditto.motion_diffusion import WindowPlan
 from avatar_server.renderers.ditto.renderer import DittoRenderer

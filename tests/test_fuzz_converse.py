@@ -18,11 +18,10 @@ import grpc
 import pytest
 from avatar.v1 import avatar_pb2 as pb
 from avatar.v1 import avatar_pb2_grpc as pb_grpc
+from conftest import ServiceProcess, start_service_process, stop_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ServiceProcess, start_service_process, stop_process
 
 MAX_TEXT_CHARS = 300
 MAX_MESSAGE_BYTES = 1 << 20

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from conftest import REPO, VENV_BIN, ServiceProcess, free_port, stop_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import REPO, VENV_BIN, ServiceProcess, free_port, stop_process
 
 MAX_MESSAGE_BYTES = 4096  # larger text frames: an error, the socket stays
 MAX_FRAME_BYTES = 65536  # larger frames: close 1009

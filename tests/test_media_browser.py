@@ -8,9 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
+from avatar_server.core.frames import Frame
 from avatar_server.media import SegmentEncoder
-from avatar_server.renderers.base import Frame
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from avatar_server.errors import EncodeError
+from avatar_server.core.errors import EncodeError
+from avatar_server.core.frames import Frame
 from avatar_server.media import StreamResampler, encode_clip, resample
-from avatar_server.renderers.base import Frame
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from avatar_server.errors import EncodeError, StatusCode
+from avatar_server.core.errors import EncodeError, StatusCode
+from avatar_server.core.frames import Frame
 from avatar_server.media import EncodedSegment, SegmentEncoder
-from avatar_server.renderers.base import Frame
 
 FPS = 25
 RATE = 16000

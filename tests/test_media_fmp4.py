@@ -5,8 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-
-from avatar_server.errors import EncodeError
+from avatar_server.core.errors import EncodeError
 from avatar_server.media import fmp4, h264
 
 CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"mvex", b"moof", b"traf", b"dinf"}

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from avatar_server.errors import AvatarError, ProviderError, StatusCode
+from avatar_server.core.errors import AvatarError, ProviderError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.llm.echo import EchoLanguageModel, compose_echo_reply
 from avatar_server.providers.llm.openai_llm import OpenAILanguageModel

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.errors import AvatarError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.llm.echo import EchoLanguageModel
 from avatar_server.providers.llm.openai_llm import OpenAILanguageModel

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from avatar_server.errors import NotFound
+from avatar_server.core.errors import NotFound
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
 from avatar_server.settings import EspeakSettings

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
+from avatar_server.core.errors import AvatarError, NotFound, ProviderError, StatusCode
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.google_tts import GoogleSpeechSynthesizer
 from avatar_server.settings import GoogleTtsSettings, load_settings

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-from avatar_server.errors import InvalidInput, StatusCode
+from avatar_server.core.errors import InvalidInput, StatusCode
 from avatar_server.session_store import SessionState, SessionStoreUnavailable, create_session_store
 from avatar_server.session_store.base import state_from_dict, state_to_dict
 from avatar_server.session_store.memory import MemorySessionStore

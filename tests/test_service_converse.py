@@ -10,10 +10,9 @@ import grpc
 import numpy as np
 import pytest
 from avatar.v1 import avatar_pb2 as pb
+from conftest import running_service
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import running_service
 from service_helpers import Conversation, decode_fmp4
 
 

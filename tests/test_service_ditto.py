@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from avatar.v1 import avatar_pb2 as pb
-
 from conftest import running_service
 from service_helpers import Conversation, decode_fmp4
 

@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 from avatar.v1 import avatar_pb2 as pb
 from avatar.v1 import avatar_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from avatar_server.renderers.base import Frame
+from avatar_server.core.frames import Frame
 from conftest import running_service, start_service_process, stop_process
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from provider_servers import fake_google_tts_server, fake_openai_server  # noqa: F401 (fixtures)
 from service_helpers import Conversation, slow_reader_channel
 

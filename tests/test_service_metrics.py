@@ -9,9 +9,8 @@ import grpc
 import pytest
 from avatar.v1 import avatar_pb2 as pb
 from avatar.v1 import avatar_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import free_port, running_service
+from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import Conversation, slow_reader_channel
 
 

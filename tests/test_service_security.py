@@ -10,16 +10,15 @@ import grpc
 import pytest
 from avatar.v1 import avatar_pb2 as pb
 from avatar.v1 import avatar_pb2_grpc as pb_grpc
+from avatar_server.core.errors import AvatarError
+from avatar_server.server import AvatarServer, build_deps
+from avatar_server.settings import load_settings
+from conftest import running_service
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from avatar_server.errors import AvatarError
-from avatar_server.server import AvatarServer, build_deps
-from avatar_server.settings import load_settings
-from conftest import running_service
 from service_helpers import Conversation
 
 CLIENT_KEY = "client-key-0123456789abcdef"

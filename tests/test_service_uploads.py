@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import skimage.data
 from avatar.v1 import avatar_pb2 as pb
-
+from avatar_server.core.frames import Frame
 from avatar_server.media.clip import encode_clip
-from avatar_server.renderers.base import Frame
 from conftest import running_service
 from service_helpers import Conversation
 

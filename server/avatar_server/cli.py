@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from avatar_server import __version__
-from avatar_server.errors import AvatarError
+from avatar_server.core.errors import AvatarError
 from avatar_server.logs import setup_logging
 from avatar_server.settings import FLAT_NAMES, Settings, load_settings
 

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from avatar_server import __version__
 from avatar_server.avatars.registry import AvatarRegistry
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.errors import AvatarError, StatusCode
 from avatar_server.providers.registry import create_language_model, create_speech_synthesizer
 from avatar_server.renderers.registry import create_renderer
 from avatar_server.service.auth import ApiKeyInterceptor, parse_api_keys

@@ -21,9 +21,9 @@ import grpc
 import grpc.aio
 from aiohttp import web
 from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+from avatar_client.mp4 import RemuxError, remux_fragments
 
 from avatar_web.keys import GRPC_CHANNEL, HUB, SETTINGS
-from avatar_client.mp4 import RemuxError, remux_fragments
 from avatar_web.rest_errors import ApiError, error_from_status
 from avatar_web.rest_turn import TurnOutput, TurnRequest, run_chat_turn, run_speak_turn
 from avatar_web.security import token_valid

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from avatar_server.avatars.landmarks import FaceLandmarker
-from avatar_server.errors import InvalidInput
+from avatar_server.core.errors import InvalidInput
 
 MIN_FACE_PIXELS = 80  # a face narrower than this has too few pixels to animate
 MAX_MISSED_FRACTION = 0.1  # a base video may lose the face in this share of frames

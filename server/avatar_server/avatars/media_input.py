@@ -10,7 +10,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from avatar_server.errors import InvalidInput
+from avatar_server.core.errors import InvalidInput
 
 MAX_SIDE = 1024  # frames are scaled down to fit this; the renderers never need more
 MAX_SOURCE_PIXELS = 64_000_000  # refuse decompression bombs before decoding them

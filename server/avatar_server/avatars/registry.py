@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 
 from avatar_server.avatars.analysis import analyse_faces, face_region_size, resized
-from avatar_server.avatars.idle_motion import IdleMotion
 from avatar_server.avatars.landmarks import LAYOUTS, FaceLandmarker, MediaPipeFaceLandmarker
 from avatar_server.avatars.media_input import decode_media
 from avatar_server.avatars.model import AvatarAssets, AvatarInfo
-from avatar_server.errors import AvatarError, InvalidInput, NotFound, StatusCode
-from avatar_server.renderers.base import Frame
+from avatar_server.core.errors import AvatarError, InvalidInput, NotFound, StatusCode
+from avatar_server.core.frames import Frame
+from avatar_server.renderers.lipsync.idle_motion import IdleMotion
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avatar_server.errors import EncodeError
+from avatar_server.core.errors import EncodeError
+from avatar_server.core.frames import Frame
 from avatar_server.media.video_frames import X264_COLOUR_PARAMS, FrameConverter
-from avatar_server.renderers.base import Frame
 
 _AUDIO_CHUNK = 1024
 

@@ -19,10 +19,10 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from avatar_server.errors import EncodeError
+from avatar_server.core.errors import EncodeError
+from avatar_server.core.frames import Frame
 from avatar_server.media import fmp4, h264
 from avatar_server.media.video_frames import X264_COLOUR_PARAMS, FrameConverter
-from avatar_server.renderers.base import Frame
 
 AAC_FRAME_SAMPLES = 1024
 AAC_PRIMING = 1024  # FFmpeg's native AAC encoder's initial padding (checked on every packet)

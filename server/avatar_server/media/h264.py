@@ -6,7 +6,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from avatar_server.errors import EncodeError
+from avatar_server.core.errors import EncodeError
 
 NAL_SPS = 7
 NAL_PPS = 8

@@ -12,7 +12,7 @@ from math import gcd
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
-from avatar_server.errors import EncodeError
+from avatar_server.core.errors import EncodeError
 
 _KAISER_BETA = 5.0  # scipy.signal.resample_poly's default window
 _HALF_LENGTH_PER_RATE = 10  # filter half-length in units of max(up, down), as resample_poly

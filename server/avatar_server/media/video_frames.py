@@ -6,8 +6,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from avatar_server.errors import EncodeError
-from avatar_server.renderers.base import Frame
+from avatar_server.core.errors import EncodeError
+from avatar_server.core.frames import Frame
 
 # Colour signalling for x264's VUI, matching swscale's default RGB->YUV conversion
 # (BT.601, limited range); I420 frames from renderers must use the same convention.

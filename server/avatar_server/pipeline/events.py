@@ -6,13 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Span:
-    """A stretch of the session's media clock, in samples: [start, end)."""
-
-    start: int
-    end: int
+from avatar_server.core.clock import Span
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ from typing import TypeVar, cast
 
 import numpy as np
 
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.clock import Span
+from avatar_server.core.errors import AvatarError, StatusCode
+from avatar_server.core.frames import Frame
 from avatar_server.media.encoder import EncodedSegment, SegmentEncoder
 from avatar_server.media.resample import StreamResampler
 from avatar_server.pipeline.events import (
     AudioOut,
     CaptionOut,
     SegmentOut,
-    Span,
     TextDelta,
     TurnEvent,
     TurnReport,
@@ -36,7 +37,7 @@ from avatar_server.pipeline.events import (
 from avatar_server.pipeline.queues import Channel
 from avatar_server.pipeline.sentences import split_sentences
 from avatar_server.providers.tts.base import SpeechSynthesizer
-from avatar_server.renderers.base import Frame, RenderSession
+from avatar_server.renderers.base import RenderSession
 
 LEAD_IN_FRAMES = 2  # silence before speech: a soft onset, and the AAC encoder's priming room
 TAIL_FRAMES = 4  # silence after speech: the mouth closes, AAC's held-back audio is released

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.errors import AvatarError, StatusCode
 from avatar_server.providers.llm.base import LanguageModel
 from avatar_server.providers.tts.base import SpeechSynthesizer
 from avatar_server.settings import Settings

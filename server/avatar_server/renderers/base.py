@@ -10,23 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from avatar_server.avatars.model import AvatarAssets
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One video frame.
-
-    `rgb24`: (H, W, 3) uint8. `yuv420p`: (H * 3 // 2, W) uint8 in I420 layout
-    (the Y plane, then U, then V), as a GPU renderer hands it to the encoder.
-    """
-
-    data: np.ndarray
-    format: Literal["rgb24", "yuv420p"] = "rgb24"
+from avatar_server.core.frames import Frame
 
 
 @dataclass(frozen=True)
@@ -78,7 +67,7 @@ class Renderer(Protocol):
     async def open_session(self, avatar: AvatarAssets, *, fps: int) -> RenderSession:
         """Starts a session for `avatar` (preparing and caching the avatar once).
 
-        Raises `avatar_server.errors.CapacityExhausted` when full.
+        Raises `avatar_server.core.errors.CapacityExhausted` when full.
         """
         ...
 

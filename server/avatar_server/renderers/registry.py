@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.errors import AvatarError, StatusCode
 from avatar_server.renderers.base import Renderer
 from avatar_server.settings import Settings
 

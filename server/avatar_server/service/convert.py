@@ -5,12 +5,12 @@ from __future__ import annotations
 from avatar.v1 import avatar_pb2 as pb
 
 from avatar_server.avatars.model import AvatarInfo
-from avatar_server.errors import AvatarError
+from avatar_server.core.clock import Span
+from avatar_server.core.errors import AvatarError
 from avatar_server.pipeline.events import (
     AudioOut,
     CaptionOut,
     SegmentOut,
-    Span,
     TextDelta,
     TurnEvent,
     TurnReport,

@@ -13,10 +13,10 @@ from avatar.v1 import avatar_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError
 
 from avatar_server import __version__
-from avatar_server.errors import AvatarError, InvalidInput, StatusCode
+from avatar_server.core.errors import AvatarError, InvalidInput, StatusCode
 from avatar_server.service import convert
 from avatar_server.service.deps import ServiceDeps
-from avatar_server.service.session import EndStream, Session
+from avatar_server.sessions.session import EndStream, Session
 
 log = logging.getLogger(__name__)
 

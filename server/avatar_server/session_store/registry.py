@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from avatar_server.errors import InvalidInput
+from avatar_server.core.errors import InvalidInput
 from avatar_server.session_store.base import SessionStore
 from avatar_server.settings import Settings
 

@@ -18,7 +18,7 @@ class ChatMessage:
 class LanguageModel(Protocol):
     """Streams a reply to a conversation.
 
-    Implementations raise `avatar_server.errors.ProviderError(stage="llm")` on
+    Implementations raise `avatar_server.core.errors.ProviderError(stage="llm")` on
     failure (after their own retries), never hang: a provider that stops
     answering raises DEADLINE_EXCEEDED after its configured timeout. Text
     already yielded stays said.

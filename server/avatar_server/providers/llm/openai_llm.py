@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import openai
 
-from avatar_server.errors import AvatarError, ProviderError, StatusCode
+from avatar_server.core.errors import AvatarError, ProviderError, StatusCode
 from avatar_server.providers.llm.base import ChatMessage
 from avatar_server.providers.retry import sleep_before_retry
 from avatar_server.settings import OpenAISettings

@@ -38,8 +38,8 @@ class SpeechAudio:
 class SpeechSynthesizer(Protocol):
     """Turns text into speech, streaming where the provider can.
 
-    Implementations raise `avatar_server.errors.ProviderError(stage="tts")` on
-    failure and `avatar_server.errors.NotFound` for an unknown voice. Audio
+    Implementations raise `avatar_server.core.errors.ProviderError(stage="tts")` on
+    failure and `avatar_server.core.errors.NotFound` for an unknown voice. Audio
     may come at any sample rate; the pipeline resamples it to the media clock.
     """
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
+from avatar_server.core.errors import AvatarError, NotFound, ProviderError, StatusCode
 from avatar_server.providers.language import is_english, is_korean, split_sentences
 from avatar_server.providers.tts.base import SpeechAudio, Voice, WordTiming
 from avatar_server.providers.tts.espeak_engine import EspeakEngine, EspeakResult

@@ -19,7 +19,7 @@ from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
     TextToSpeechGrpcAsyncIOTransport,
 )
 
-from avatar_server.errors import AvatarError, NotFound, ProviderError, StatusCode
+from avatar_server.core.errors import AvatarError, NotFound, ProviderError, StatusCode
 from avatar_server.providers.language import is_english, is_korean, split_sentences
 from avatar_server.providers.retry import sleep_before_retry
 from avatar_server.providers.tts.base import SpeechAudio, Voice

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from avatar_server.avatars.model import AvatarAssets
-from avatar_server.errors import InvalidInput, RenderError
+from avatar_server.core.errors import InvalidInput, RenderError
 from avatar_server.renderers.ditto.keypoints import SourceFace, motion_from_extractor
 from avatar_server.renderers.ditto.motion_diffusion import emotion_condition
 from avatar_server.renderers.ditto.putback import PasteBack, to_i420_async

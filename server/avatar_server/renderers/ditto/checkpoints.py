@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.errors import AvatarError, StatusCode
 
 HUGGINGFACE_REPO = "https://huggingface.co/digital-avatar/ditto-talkinghead"
 GET_WEIGHTS_HINT = (

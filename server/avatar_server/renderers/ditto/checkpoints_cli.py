@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avatar_server.errors import AvatarError
+from avatar_server.core.errors import AvatarError
 
 
 def _standin(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatar_server.errors import AvatarError, StatusCode
+from avatar_server.core.errors import AvatarError, StatusCode
 from avatar_server.renderers.ditto.checkpoints import CFG_FILES
 
 ALLOWED_GLOBALS = {

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatar_server.errors import AvatarError, CapacityExhausted, RenderError
+from avatar_server.core.errors import AvatarError, CapacityExhausted, RenderError
 from avatar_server.renderers.ditto.audio_features import (
     CHUNK_SAMPLES,
     chunk_features,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatar_server.errors import RenderError
+from avatar_server.core.errors import RenderError
 
 
 def soft_square_mask(size: int, inner: float = 0.9) -> np.ndarray:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from avatar_server.avatars.model import AvatarAssets
-from avatar_server.errors import CapacityExhausted, InvalidInput
-from avatar_server.renderers.base import Frame, ModelDescription
+from avatar_server.core.errors import CapacityExhausted, InvalidInput
+from avatar_server.core.frames import Frame
+from avatar_server.renderers.base import ModelDescription
 from avatar_server.renderers.ditto.audio_features import (
     FRAMES_PER_CHUNK,
     SAMPLE_RATE,

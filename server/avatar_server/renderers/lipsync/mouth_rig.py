@@ -13,8 +13,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatar_server.avatars.face_warp import Region, TpsRegion, backward_map, region_around, sample
 from avatar_server.avatars.landmarks import LandmarkGroups, mouth_width
+from avatar_server.renderers.lipsync.face_warp import (
+    Region,
+    TpsRegion,
+    backward_map,
+    region_around,
+    sample,
+)
 from avatar_server.renderers.lipsync.mouth_track import MouthPose
 
 JAW_DROP = 0.36  # lower-lip drop at full opening, in mouth widths

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 import cv2
 import numpy as np
 
-from avatar_server.avatars.idle_motion import IdleMotion
 from avatar_server.avatars.landmarks import LAYOUTS
 from avatar_server.avatars.model import AvatarAssets
-from avatar_server.errors import RenderError
-from avatar_server.renderers.base import Frame, ModelDescription
+from avatar_server.core.errors import RenderError
+from avatar_server.core.frames import Frame
+from avatar_server.renderers.base import ModelDescription
+from avatar_server.renderers.lipsync.idle_motion import IdleMotion
 from avatar_server.renderers.lipsync.mouth_rig import MouthRig
 from avatar_server.renderers.lipsync.mouth_track import REST, LoudnessScale, MouthPose, MouthTrack
 from avatar_server.settings import Settings

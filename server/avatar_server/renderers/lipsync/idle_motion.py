@@ -12,8 +12,8 @@ import math
 import cv2
 import numpy as np
 
-from avatar_server.avatars.face_warp import TpsRegion, backward_map, region_around, sample
 from avatar_server.avatars.landmarks import LandmarkGroups
+from avatar_server.renderers.lipsync.face_warp import TpsRegion, backward_map, region_around, sample
 
 BLINK_CLOSE_S = 0.09
 BLINK_HOLD_S = 0.04

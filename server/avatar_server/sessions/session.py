@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from avatar.v1 import avatar_pb2 as pb
 
 from avatar_server.avatars.model import AvatarInfo
-from avatar_server.errors import (
+from avatar_server.core.errors import (
     AvatarError,
     CapacityExhausted,
     InvalidInput,
