@@ -7,9 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 from avatar_server.core.errors import NotFound
+from avatar_server.core.sentences import split_to_fit
 from avatar_server.providers.tts.base import SpeechAudio
 from avatar_server.providers.tts.espeak import EspeakSynthesizer
 from avatar_server.settings import EspeakSettings
+from speech_truth import FRAME_S, onset_after_silence, voiced_windows, word_onsets_ms
 
 
 async def speak(text: str, voice: str, rate_wpm: int = 165) -> list[SpeechAudio]:
@@ -47,10 +49,9 @@ async def test_english_speech_is_audible_with_monotone_word_timings() -> None:
     text = "Hello there. The weather is lovely today!"
     pieces = await speak(text, "espeak-en-us")
     check_audio(pieces, words_spoken=7)
-    assert len(pieces) == 2  # one piece per sentence
-    for piece in pieces:
-        check_word_timings(piece, text)
-    assert [w.word for w in pieces[0].words] == ["Hello", "there"]
+    assert len(pieces) == 1  # the text it is given, in one call
+    check_word_timings(pieces[0], text)
+    assert [w.word for w in pieces[0].words] == ["Hello", "there", "The", "weather", "is", "lovely", "today"]
 
 
 async def test_korean_speech_is_audible_with_korean_words() -> None:
@@ -74,7 +75,7 @@ async def test_concurrent_requests_share_one_engine_safely() -> None:
     results = await asyncio.gather(*(speak(text, voice) for text, voice in texts))
     for (text, _), pieces in zip(texts, results, strict=True):
         spoken = [w.word for p in pieces for w in p.words]
-        assert spoken and all(word in text.rstrip(".").split() for word in spoken)
+        assert " ".join(spoken).split() == text.rstrip(".").split()  # every word once, in order
     assert [w.word for p in results[0] for w in p.words] == ["Number", "one", "is", "here"]
     # espeak-ng varies a few samples run to run, but no request may get another's audio
     for parity in (0, 1):
@@ -101,3 +102,63 @@ async def test_voices_and_defaults() -> None:
     with pytest.raises(NotFound):
         synthesizer.default_voice("ja-JP")
     assert [a async for a in synthesizer.synthesize("  ", voice="espeak-ko", language="ko")] == []
+
+
+def check_on_one_timeline(pieces: list[SpeechAudio]) -> None:
+    """Word times run forward across all pieces, never overlapping, inside the audio."""
+    total_s = sum(p.pcm.size for p in pieces) / 22050
+    words = [w for p in pieces for w in p.words]
+    for before, after in zip(words, words[1:]):
+        assert before.end_s <= after.start_s + 1e-9, (before, after)
+    assert all(0 <= w.start_s < w.end_s <= total_s + 1e-6 for w in words)
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "words"),
+    [
+        ("Dr. Smith arrived here today.", "en-us", ["Dr", "Smith", "arrived", "here", "today"]),
+        ("It costs 3.5 dollars at 5 p.m. in the U.S. today.", "en-us",
+         ["It", "costs", "3.5", "dollars", "at", "5", "p.m.", "in", "the", "U.S.", "today"]),
+        ("Mr. Lee paid $4.50, i.e. half.", "en-us", ["Mr", "Lee", "paid", "$4.50", "i.e.", "half"]),
+        ("오늘 날씨가 좋네요. 산책을 갈까요?", "ko", ["오늘", "날씨가", "좋네요", "산책을", "갈까요"]),
+    ],
+)
+async def test_words_are_captioned_as_written_at_espeaks_own_word_times(
+    text: str, voice: str, words: list[str]
+) -> None:
+    pieces = await speak(text, f"espeak-{voice}")
+    assert len(pieces) == 1
+    captions = pieces[0].words
+    # every word once, in order, as written: no ".5" or "p" fragments; a word espeak-ng gives
+    # no event of its own (Korean) shares the caption of the word before it
+    assert " ".join(c.word for c in captions).split() == words
+    check_on_one_timeline(pieces)
+    truth_ms, _, _ = await word_onsets_ms(text, [c.word.split()[0] for c in captions], voice)
+    for caption, onset_ms in zip(captions, truth_ms, strict=True):
+        assert abs(caption.start_s - onset_ms / 1000) <= FRAME_S, caption
+
+
+async def test_text_over_the_piece_limit_is_spoken_in_pieces_on_one_timeline() -> None:
+    text = ("Dr. Smith arrived here today, and then he walked along the river "
+            "to the old station at 5 p.m. with 3.5 kilos of apples.")
+    synthesizer = EspeakSynthesizer(EspeakSettings(max_piece_chars=45))
+    pieces = [a async for a in synthesizer.synthesize(text, voice="espeak-en-us", language="")]
+    piece_texts = split_to_fit(text, 45)
+    assert len(pieces) == len(piece_texts) >= 3
+    assert " ".join(w.word for p in pieces for w in p.words).split() == [
+        w.strip(",.") if w not in ("p.m.",) else w for w in text.split()]
+    check_on_one_timeline(pieces)
+    offset_s = 0.0
+    for piece, piece_text in zip(pieces, piece_texts, strict=True):
+        # the truth: espeak-ng's events for that piece alone, moved by the audio before it
+        firsts = [w.word.split()[0] for w in piece.words]
+        truth_ms, samples, rate = await word_onsets_ms(piece_text, firsts, "en-us")
+        for word, onset_ms in zip(piece.words, truth_ms, strict=True):
+            assert abs(word.start_s - (offset_s + onset_ms / 1000)) <= FRAME_S, word
+        # and the PCM: each piece opens with its first word, right after the pause before it
+        audio = np.concatenate([p.pcm for p in pieces])
+        onset = onset_after_silence(voiced_windows(audio, 22050), piece.words[0].start_s)
+        if offset_s:  # a pause separates the pieces
+            assert onset is not None and abs(onset - piece.words[0].start_s) <= FRAME_S
+        assert abs(samples - piece.pcm.size) < 0.05 * samples  # the same speech as espeak alone
+        offset_s += piece.pcm.size / rate

@@ -77,16 +77,29 @@ async def test_chirp_voice_streams_korean_text_intact(
     np.testing.assert_array_equal(joined(pieces), fake_speech(text, 16000))
 
 
-async def test_standard_voice_is_synthesized_sentence_by_sentence(
+async def test_standard_voice_synthesizes_the_text_it_is_given_in_one_request(
     fake_google_tts_server: FakeGoogleTTSServer,
 ) -> None:
     text = "Hello there. How are you today?"
     pieces = await speak(synthesizer(fake_google_tts_server.endpoint), text, "en-US-Standard-C")
-    assert fake_google_tts_server.texts == ["Hello there.", "How are you today?"]
-    assert len(pieces) == 2
+    assert fake_google_tts_server.texts == [text]  # the pipeline already split it; no second rule
+    assert len(pieces) == 1 and pieces[0].sample_rate == 16000
     # the WAV header of LINEAR16 is stripped: exactly the samples the server made remain
-    np.testing.assert_array_equal(pieces[0].pcm, fake_speech("Hello there.", 16000))
-    assert pieces[1].sample_rate == 16000
+    np.testing.assert_array_equal(pieces[0].pcm, fake_speech(text, 16000))
+
+
+@pytest.mark.parametrize(("voice", "calls"), [(CHIRP_KO, 1), (STANDARD_KO, 2)])
+async def test_text_over_the_input_limit_is_sent_in_pieces_that_fit(
+    fake_google_tts_server: FakeGoogleTTSServer, voice: str, calls: int
+) -> None:
+    text = "오늘 날씨가 정말 좋네요. " * 200  # about 6,600 bytes: over the API's 5,000
+    pieces = await speak(synthesizer(fake_google_tts_server.endpoint), text, voice)
+    sent = fake_google_tts_server.texts
+    assert len(sent) == 2 and all(len(piece.encode()) <= 5000 for piece in sent)
+    assert " ".join(sent) == text.strip()  # whole sentences, nothing lost
+    assert len(fake_google_tts_server.voice_names) == calls  # Chirp: two inputs of one stream
+    expected = np.concatenate([fake_speech(piece, 16000) for piece in sent])
+    np.testing.assert_array_equal(joined(pieces), expected)
 
 
 async def test_voice_language_and_rate_reach_the_service(

@@ -154,6 +154,10 @@ class EspeakSettings(Group):
     PREFIX: ClassVar[str] = "ESPEAK_"
     TITLE: ClassVar[str] = "espeak-ng speech (offline)"
     rate_wpm: int = setting(165, "espeak-ng speaking rate (words per minute)")
+    max_piece_chars: int = setting(
+        250, "Longest text one espeak-ng call speaks; longer text is split at sentences, commas or "
+        "spaces (the engine is shared: one call at a time)", ge=20,
+    )
 
 
 class DittoSettings(Group):

@@ -74,7 +74,7 @@ class TurnReport:
     frames: int = 0
     media_samples: int = 0
     work_seconds: float = 0.0  # wall time spent rendering and encoding
-    span: Span = Span(0, 0)
+    span: Span = field(default_factory=lambda: Span(0, 0))
 
 
 TurnEvent = TextDelta | AudioOut | CaptionOut | SegmentOut

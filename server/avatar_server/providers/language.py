@@ -1,12 +1,10 @@
-"""Small text helpers the providers share: script detection and sentence splitting."""
+"""Small text helpers the providers share: script and language detection."""
 
 from __future__ import annotations
 
 import re
 
 _HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]")
-# Western and CJK full-width sentence ends.
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s+")  # noqa: RUF001
 
 
 def contains_hangul(text: str) -> bool:
@@ -23,7 +21,3 @@ def is_english(language: str) -> bool:
     """True for English tags ("en", "en-US", ...) and for no language at all."""
     return language.lower().split("-")[0] in ("en", "")
 
-
-def split_sentences(text: str) -> list[str]:
-    """Splits text after sentence-ending punctuation; drops empty pieces."""
-    return [piece.strip() for piece in _SENTENCE_END.split(text) if piece.strip()]

@@ -1,4 +1,4 @@
-"""Google Cloud Text-to-Speech: streaming for Chirp 3 HD voices, per sentence for the others."""
+"""Google Cloud Text-to-Speech: streaming for Chirp 3 HD voices, one request for the others."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
 )
 
 from avatar_server.core.errors import AvatarError, NotFound, ProviderError, StatusCode
-from avatar_server.providers.language import is_english, is_korean, split_sentences
+from avatar_server.core.sentences import split_to_fit
+from avatar_server.providers.language import is_english, is_korean
 from avatar_server.providers.retry import sleep_before_retry
 from avatar_server.providers.tts.base import SpeechAudio, Voice
 from avatar_server.settings import GoogleTtsSettings
@@ -33,6 +34,11 @@ _RETRIABLE = (
     google_errors.ResourceExhausted,
     google_errors.Aborted,
 )
+MAX_INPUT_BYTES = 5000  # the API's limit on one input text (UTF-8)
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
 
 
 class GoogleSpeechSynthesizer:
@@ -98,18 +104,20 @@ class GoogleSpeechSynthesizer:
     async def synthesize(
         self, text: str, *, voice: str, language: str
     ) -> AsyncIterator[SpeechAudio]:
-        """Yields the speech for `text`: chunk by chunk (Chirp 3 HD) or sentence by sentence."""
+        """Yields the speech for `text`: chunk by chunk (Chirp 3 HD) or in one piece, as it is
+        given; a text over the API's input limit is sent in pieces (sentences, else cut at a
+        comma or space), each a separate input of the one stream or a separate request."""
         known = await self.load_voices()
         match = next((v for v in known if v.name == voice), None)
         if match is None:
             raise NotFound(f"unknown Google TTS voice {voice!r}", stage="tts")
-        sentences = split_sentences(text)
-        if not sentences:
+        pieces = split_to_fit(text, MAX_INPUT_BYTES, _utf8_bytes)
+        if not pieces:
             return
         if "Chirp3" in voice:
-            stream = self._stream_chirp(" ".join(sentences), match)
+            stream = self._stream_chirp(pieces, match)
         else:
-            stream = self._per_sentence(sentences, match)
+            stream = self._per_piece(pieces, match)
         async for audio in stream:
             yield audio
 
@@ -119,10 +127,10 @@ class GoogleSpeechSynthesizer:
             await self._client.transport.close()
             self._client = None
 
-    async def _per_sentence(self, sentences: list[str], voice: Voice) -> AsyncIterator[SpeechAudio]:
-        for sentence in sentences:
+    async def _per_piece(self, pieces: list[str], voice: Voice) -> AsyncIterator[SpeechAudio]:
+        for piece in pieces:
             request = tts.SynthesizeSpeechRequest(
-                input=tts.SynthesisInput(text=sentence),
+                input=tts.SynthesisInput(text=piece),
                 voice=tts.VoiceSelectionParams(name=voice.name, language_code=voice.language),
                 audio_config=tts.AudioConfig(
                     audio_encoding=tts.AudioEncoding.LINEAR16,
@@ -139,13 +147,13 @@ class GoogleSpeechSynthesizer:
             if pcm.size:
                 yield SpeechAudio(pcm, sample_rate)
 
-    async def _stream_chirp(self, text: str, voice: Voice) -> AsyncIterator[SpeechAudio]:
+    async def _stream_chirp(self, pieces: list[str], voice: Voice) -> AsyncIterator[SpeechAudio]:
         """One streaming_synthesize call; retried only until its first audio arrives."""
         said_something = False
         attempt = 0
         while True:
             try:
-                async for audio in self._stream_once(text, voice):
+                async for audio in self._stream_once(pieces, voice):
                     said_something = True
                     yield audio
                 return
@@ -158,7 +166,7 @@ class GoogleSpeechSynthesizer:
                 await sleep_before_retry(attempt)
                 attempt += 1
 
-    async def _stream_once(self, text: str, voice: Voice) -> AsyncIterator[SpeechAudio]:
+    async def _stream_once(self, pieces: list[str], voice: Voice) -> AsyncIterator[SpeechAudio]:
 
         async def requests() -> AsyncIterator[Any]:
             yield tts.StreamingSynthesizeRequest(
@@ -171,7 +179,8 @@ class GoogleSpeechSynthesizer:
                     ),
                 )
             )
-            yield tts.StreamingSynthesizeRequest(input=tts.StreamingSynthesisInput(text=text))
+            for piece in pieces:
+                yield tts.StreamingSynthesizeRequest(input=tts.StreamingSynthesisInput(text=piece))
 
         leftover = b""
         try:

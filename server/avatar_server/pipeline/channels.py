@@ -1,4 +1,4 @@
-"""Bounded hand-over between stages: a queue with an end marker, read as an async iterator."""
+"""Bounded hand-over between a turn's stages: a queue with an end marker, read as an iterator."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ T = TypeVar("T")
 
 
 class Channel(Generic[T]):
-    """A bounded queue that a producer closes; the consumer iterates until it is closed."""
+    """A bounded queue that its producer closes; the consumer reads until it is closed.
+
+    The bound is the back-pressure between stages: a producer that runs ahead waits in `put`.
+    """
 
     _END = object()
 
@@ -35,8 +38,5 @@ class Channel(Generic[T]):
         return self._queue.qsize()
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        while True:
-            item = await self._queue.get()
-            if item is self._END:
-                return
-            yield item  # type: ignore[misc]
+        while (item := await self.get()) is not None:
+            yield item
