@@ -93,7 +93,9 @@ async def test_text_over_the_input_limit_is_sent_in_pieces_that_fit(
     fake_google_tts_server: FakeGoogleTTSServer, voice: str, calls: int
 ) -> None:
     text = "오늘 날씨가 정말 좋네요. " * 200  # about 6,600 bytes: over the API's 5,000
-    pieces = await speak(synthesizer(fake_google_tts_server.endpoint), text, voice)
+    # the fake makes 60 ms of audio per character: minutes of it, more than 0.5 s to send
+    tts = synthesizer(fake_google_tts_server.endpoint, google_tts_timeout_s=20.0)
+    pieces = await speak(tts, text, voice)
     sent = fake_google_tts_server.texts
     assert len(sent) == 2 and all(len(piece.encode()) <= 5000 for piece in sent)
     assert " ".join(sent) == text.strip()  # whole sentences, nothing lost

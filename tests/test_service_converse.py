@@ -134,6 +134,46 @@ async def test_an_interrupt_while_a_segment_closes_leaves_no_hole_in_the_video(d
         await talk.close()
 
 
+async def test_an_interrupted_turn_without_video_keeps_its_audio_on_the_clock(data_dir) -> None:
+    """Audio-only: the next turn starts after the audio the cancelled one already sent."""
+    async with running_service(data_dir, echo_token_delay_s=0.05) as service:
+        config = pb.SessionConfig(output=pb.OutputOptions(video=False))
+        talk = Conversation(service.stub, config)
+        opening = await talk.until("session_started")
+        started = opening[-1].session_started
+        talk.say("Please tell me a long story about the sea, the wind and the stars. " * 3, turn_id="long")
+        events = await talk.until("audio")
+        events += [await talk.next() for _ in range(3)]
+        talk.send(interrupt=pb.Interrupt())
+        events += await talk.until("turn_cancelled")
+        talk.say("Short reply now.", turn_id="short")
+        events += await talk.until("turn_completed")
+        sent = [e for e in events if e.HasField("audio") and e.turn_id == "long"]
+        short = next(e for e in events if e.HasField("turn_started") and e.turn_id == "short")
+        spf = started.clock_rate // started.fps
+        assert sent and short.span.start >= sent[-1].span.end
+        assert short.span.start % spf == 0 and short.span.start - sent[-1].span.end < spf
+        first_short_audio = next(e for e in events if e.HasField("audio") and e.turn_id == "short")
+        assert first_short_audio.span.start == short.span.start
+        await talk.close()
+
+
+async def test_word_captions_of_abbreviations_and_numbers_come_in_order(data_dir) -> None:
+    """The words as written, one after another on the clock (issue 15: "Dr." and "3.5")."""
+    text = "Dr. Smith arrived here today. It costs 3.5 dollars at 5 p.m. in the U.S."
+    async with running_service(data_dir) as service:
+        request = pb.SpeakRequest(text=text, config=pb.SessionConfig(output=pb.OutputOptions(video=False)))
+        events = [e async for e in service.stub.Speak(request)]
+    assert events[-1].HasField("turn_completed")
+    words = [e for e in events if e.HasField("caption") and not e.caption.sentence]
+    said = " ".join(w.caption.text for w in words).split()
+    assert said == "Dr Smith arrived here today It costs 3.5 dollars at 5 p.m. in the U.S.".split()
+    for before, after in zip(words, words[1:]):
+        assert before.span.start < before.span.end <= after.span.start
+    sentences = [e.caption.text for e in events if e.HasField("caption") and e.caption.sentence]
+    assert sentences == ["Dr. Smith arrived here today.", "It costs 3.5 dollars at 5 p.m. in the U.S."]
+
+
 async def test_new_message_supersedes_running_turn(data_dir) -> None:
     async with running_service(data_dir, echo_token_delay_s=0.05) as service:
         talk = Conversation(service.stub, pb.SessionConfig())
