@@ -41,9 +41,9 @@ def voiced_windows(pcm: np.ndarray, rate: int) -> np.ndarray:
 def onset_after_silence(voiced: np.ndarray, time_s: float, *, silence_s: float = 0.06) -> float | None:
     """Where speech resumes near `time_s` after at least `silence_s` of silence before it (the
     PCM's own word onset), or None when no such pause leads into that moment."""
-    index = int(round(time_s / WINDOW_S))
-    before = int(round(silence_s / WINDOW_S))
-    search = int(round(FRAME_S / WINDOW_S)) + 2
+    index = round(time_s / WINDOW_S)
+    before = round(silence_s / WINDOW_S)
+    search = round(FRAME_S / WINDOW_S) + 2
     for start in range(max(before, index - search), min(len(voiced), index + search)):
         if voiced[start] and not voiced[start - before : start].any():
             return start * WINDOW_S

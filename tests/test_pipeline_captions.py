@@ -11,6 +11,8 @@ that do not open with a stop consonant: those open with tens of ms of closure si
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from avatar_server.core.sentences import split_to_fit
@@ -43,11 +45,11 @@ CASES = {
     "ellipsis-quotes": ('Well... we waited, e.g. an hour. She said "Stop." Then she left.', "en-us", 250,
                         "Well we waited e.g. an hour She said Stop Then she left"),
     "korean": ("안녕하세요. 오늘 날씨가 정말 좋네요!", "ko", 250, "안녕하세요 오늘 날씨가 정말 좋네요"),
-    "korean-unspaced": ("안녕하세요.반갑습니다！오늘 어때요？", "ko", 250,  # noqa: RUF001
+    "korean-unspaced": ("안녕하세요.반갑습니다！오늘 어때요？", "ko", 250,
                         "안녕하세요 반갑습니다 오늘 어때요"),
     "provider-splits": (LONG, "en-us", 45,
-                        "Dr Smith arrived here today and then he walked along the river to the old "
-                        "station at 5 p.m. with 3.5 kilos of apples"),
+                        ("Dr Smith arrived here today and then he walked along the river to the old "
+                         "station at 5 p.m. with 3.5 kilos of apples")),
 }
 
 
@@ -105,7 +107,7 @@ async def test_word_captions_follow_the_audio_on_the_media_clock(case: str) -> N
     sentences = [c for c in captions if c.sentence]
     assert " ".join(w.text for w in words).split() == expected.split()  # as written, each once
 
-    for before, after in zip(words, words[1:]):  # in order, none overlapping
+    for before, after in itertools.pairwise(words):  # in order, none overlapping
         assert before.span.start < before.span.end <= after.span.start, (before, after)
 
     checked, openers = 0, []

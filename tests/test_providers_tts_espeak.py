@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def check_on_one_timeline(pieces: list[SpeechAudio]) -> None:
     """Word times run forward across all pieces, never overlapping, inside the audio."""
     total_s = sum(p.pcm.size for p in pieces) / 22050
     words = [w for p in pieces for w in p.words]
-    for before, after in zip(words, words[1:]):
+    for before, after in itertools.pairwise(words):
         assert before.end_s <= after.start_s + 1e-9, (before, after)
     assert all(0 <= w.start_s < w.end_s <= total_s + 1e-6 for w in words)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -167,8 +168,9 @@ async def test_word_captions_of_abbreviations_and_numbers_come_in_order(data_dir
     assert events[-1].HasField("turn_completed")
     words = [e for e in events if e.HasField("caption") and not e.caption.sentence]
     said = " ".join(w.caption.text for w in words).split()
-    assert said == "Dr Smith arrived here today It costs 3.5 dollars at 5 p.m. in the U.S.".split()
-    for before, after in zip(words, words[1:]):
+    assert said == ["Dr", "Smith", "arrived", "here", "today", "It", "costs", "3.5", "dollars", "at", "5",
+                    "p.m.", "in", "the", "U.S."]
+    for before, after in itertools.pairwise(words):
         assert before.span.start < before.span.end <= after.span.start
     sentences = [e.caption.text for e in events if e.HasField("caption") and e.caption.sentence]
     assert sentences == ["Dr. Smith arrived here today.", "It costs 3.5 dollars at 5 p.m. in the U.S."]

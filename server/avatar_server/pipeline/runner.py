@@ -84,15 +84,19 @@ async def _stop(stages: Sequence[Stage], tasks: dict[asyncio.Task[None], Stage],
             stopping.cancel()
     if cancelled:
         raise asyncio.CancelledError
+    stopping.result()  # a fault in stopping itself is not lost
 
 
 async def _stop_and_interrupt(stages: Sequence[Stage], tasks: dict[asyncio.Task[None], Stage],
                               failed: asyncio.Task[None] | None) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.wait(tasks)
-    for task, stage in tasks.items():
-        if task is not failed and not task.cancelled() and task.exception() is not None:
+    try:
+        await _all_ended(tasks)
+    finally:
+        for task, stage in tasks.items():
+            if task is failed or not task.done() or task.cancelled() or task.exception() is None:
+                continue
             log.error("%s stage also failed while the turn stopped", stage.name,
                       exc_info=task.exception())
     for stage in stages:
@@ -100,6 +104,19 @@ async def _stop_and_interrupt(stages: Sequence[Stage], tasks: dict[asyncio.Task[
             await stage.interrupt()
         except Exception:
             log.exception("%s stage failed to act on the interrupt", stage.name)
+
+
+async def _all_ended(tasks: dict[asyncio.Task[None], Stage]) -> None:
+    """Waits until every cancelled stage task has ended (within a turn of the loop), also
+    through further cancels, raised afterwards: no stage outlives its turn."""
+    cancelled = False
+    while not all(task.done() for task in tasks):
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _named(name: str, error: BaseException | None) -> BaseException:

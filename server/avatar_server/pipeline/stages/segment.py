@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ from avatar_server.pipeline.context import SessionMedia, TurnContext
 from avatar_server.pipeline.events import SegmentOut
 from avatar_server.pipeline.items import RenderedFrame
 from avatar_server.pipeline.runner import Stage
+
+log = logging.getLogger(__name__)
 
 STALL_FLUSH_S = 0.15  # send a short segment rather than let the player starve
 T = TypeVar("T")
@@ -64,7 +67,10 @@ class SegmentStage(Stage):
         frames already encoded. A cancel while waiting on the encoder still lets it finish
         (and the timeline records the segment), but skips the send."""
         if (step := self._step) is not None:
-            await self._finish_step(step)
+            try:
+                await self._finish_step(step)
+            except Exception:  # the frames encoded before it are still closed and sent
+                log.exception("an encoder step failed while the turn stopped")
         if self._unsent is None and self._speech:
             await self._finish_step(
                 self._start_step(self._encoder.finish_segment, np.concatenate(self._speech)))
@@ -77,9 +83,8 @@ class SegmentStage(Stage):
             await _to_the_end(step)
         finally:
             self._settle()
-            if step.done() and not step.cancelled() and step.exception() is None:
-                if isinstance(result := step.result(), EncodedSegment):
-                    self._record(result, last=True)
+            if (segment := _segment_closed_by(step)) is not None:
+                self._record(segment, last=True)
 
     async def _next_frame(self) -> tuple[RenderedFrame | None, bool]:
         """The next frame and whether the frames have ended; (None, False) when frames are
@@ -140,6 +145,14 @@ class SegmentStage(Stage):
         self._step = None
         self._turn.report.work_seconds += time.perf_counter() - self._step_began
         del self._speech[self._encoder.pending_frames:]
+
+
+def _segment_closed_by(step: asyncio.Future[Any]) -> EncodedSegment | None:
+    """The segment a finished encoder step closed, if it was a finish_segment that worked."""
+    if not step.done() or step.cancelled() or step.exception() is not None:
+        return None
+    result = step.result()
+    return result if isinstance(result, EncodedSegment) else None
 
 
 async def _to_the_end(step: asyncio.Future[T]) -> T:
