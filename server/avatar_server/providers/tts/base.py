@@ -19,7 +19,8 @@ class Voice:
 
 @dataclass(frozen=True)
 class WordTiming:
-    """A word's place inside one synthesized sentence, in seconds from its start."""
+    """A word of the text and where it is spoken: seconds from the start of the audio of the
+    whole text given to `synthesize` (across every piece it yields), never from a piece's."""
 
     word: str
     start_s: float
@@ -37,6 +38,10 @@ class SpeechAudio:
 
 class SpeechSynthesizer(Protocol):
     """Turns text into speech, streaming where the provider can.
+
+    The pipeline hands it one sentence at a time (split by `core.sentences`), and it speaks
+    exactly that text: it splits again only where a limit of its own forces it, and then
+    its word times still count from the start of the whole text's audio.
 
     Implementations raise `avatar_server.core.errors.ProviderError(stage="tts")` on
     failure and `avatar_server.core.errors.NotFound` for an unknown voice. Audio
