@@ -13,7 +13,7 @@ WEB_PORT  ?= 7135
 # install the CUDA build of their choice instead (see checkpoints/README.md).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: settings-doc run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
+.PHONY: fidelity settings-doc run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ system-deps:
 
 test: dev-venv stubs system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Ditto fidelity harness: our pipeline stage by stage against the authors' code (DITTO_REFERENCE,
+# default ../shared/reference/ditto-talkinghead) on full-size stand-in weights; `make test` runs it too.
+fidelity: dev-venv stubs
+	$(PY) -m pytest -q -p no:cacheprovider tests/fidelity
 
 test-fast: dev-venv stubs
 	$(PY) -m pytest -q -m "not browser and not slow"

@@ -33,6 +33,15 @@ Real weights: git lfs install && git clone {repo} <dir>
 """
 
 
+def is_standin(root: Path, size: StandInSize | None = None) -> bool:
+    """True when `root` holds stand-in checkpoints written here (of `size`, when given)."""
+    marker = Path(root) / "STANDIN.txt"
+    if not marker.is_file():
+        return False
+    first_line = marker.read_text(errors="replace").splitlines()[:1]
+    return bool(first_line) and (size is None or f"({size})" in first_line[0])
+
+
 def build_standin_networks(size: StandInSize, seed: int = 0) -> dict[str, nn.Module]:
     """The six networks with random weights in the given size (decoder still spectral-normed)."""
     torch.manual_seed(seed)
