@@ -266,6 +266,7 @@ class AvatarRegistry:
             face_boxes=boxes,
             cache_dir=folder,
             crop_box=crop_box,
+            source_path=folder / record["source"],
         )
 
     def _write_preview(self, assets: AvatarAssets, clip_path: Path, poster_path: Path) -> None:
