@@ -43,7 +43,7 @@ def settings(args: argparse.Namespace, **overrides) -> Settings:
     """The service settings DittoRenderer reads, for this benchmark."""
     values = dict(
         checkpoints=Path(args.checkpoints), ditto_runtime="pytorch", ditto_device=args.device,
-        ditto_sampling_steps=args.steps, ditto_max_size=512, ditto_template_frames=1, ditto_overlap=10,
+        ditto_sampling_steps=args.steps, ditto_max_size=args.max_size, ditto_template_frames=1, ditto_overlap=10,
         ditto_stride=70, ditto_first_frames=args.first_frames, ditto_render_batch=args.render_batch, ditto_capacity_fps=1e9,
         ditto_compile=False, max_sessions=64,
     )
@@ -131,8 +131,8 @@ def stage_costs(net, steps: int, batches: list[int]) -> dict:
     from avatar_server.renderers.ditto.putback import PasteBack, to_rgb24_async
 
     frames = (np.random.default_rng(0).random((1, 512, 512, 3)) * 255).astype(np.uint8)
-    affine = np.array([[[2.0, 0.0, -200.0], [0.0, 2.0, -60.0]]], np.float32)
-    paste = PasteBack.build(frames, affine, 512, dev)
+    crop_from_frame = np.array([[2.0, 0.0, -200.0], [0.0, 2.0, -60.0], [0.0, 0.0, 1.0]])
+    paste = PasteBack.build(frames, np.linalg.inv(crop_from_frame)[None].astype(np.float32), 512, dev)
     renders = torch.rand(16, 3, 512, 512, device=dev, dtype=net.dtype)
     index = torch.zeros(16, dtype=torch.int64, device=dev)
     ms = cuda_ms(lambda: to_rgb24_async(paste.paste(renders, index)))
@@ -298,6 +298,8 @@ def main() -> None:
     parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--compile-modules", action="store_true", help="compiled run: compile warp+decoder modules")
     parser.add_argument("--first-frames", type=int, default=10)
+    parser.add_argument("--max-size", type=int, default=512,
+                        help="longest output side (the authors' default is 1920; 512 as in earlier runs)")
     parser.add_argument("--hubert-large", action="store_true", help="time a HuBERT-large-shaped encoder")
     args = parser.parse_args()
     out_dir = Path(args.out)

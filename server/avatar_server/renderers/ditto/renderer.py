@@ -145,6 +145,7 @@ class DittoRenderer:
             raise
         self.engine = self.engines[0]  # the first (only, on one device) engine
         self._avatars: dict[str, tuple[DeviceAvatar, int]] = {}
+        self._registered: dict[str, str] = {}  # avatar id -> the registration path it took
         self._avatar_locks: dict[str, asyncio.Lock] = {}
 
     async def open_session(self, avatar: AvatarAssets, *, fps: int, seed: int | None = None) -> DittoSession:
@@ -168,7 +169,9 @@ class DittoRenderer:
 
     def setup(self) -> RendererSetup:
         """The registration path and the run options in use (cfg values, overrides), for ServerInfo."""
-        return RendererSetup(self.registrar.path, self.resolved.describe())
+        fallbacks = [f"avatar {avatar}: {path}" for avatar, path in sorted(self._registered.items())
+                     if path != self.registrar.path]
+        return RendererSetup("; ".join([self.registrar.path, *fallbacks]), self.resolved.describe())
 
     def capacity_fps(self) -> float:
         """Frames per second all engines sustain together."""
@@ -223,6 +226,7 @@ class DittoRenderer:
 
             device_avatar = await asyncio.wrap_future(engine.call(prepare))
             self._avatars[key] = (device_avatar, 1)
+            self._registered[avatar.info.id] = device_avatar.prepared.registration
             return device_avatar
 
     def _release_avatar(self, key: str) -> None:

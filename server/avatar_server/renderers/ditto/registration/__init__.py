@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RELEASE_PATH = "release face models (det_10g -> 2d106det -> landmark203); eye conditions: mediapipe FaceMesh"
 MEDIAPIPE_PATH = "mediapipe 478 landmarks (no face models in the checkpoints folder); eye conditions: mediapipe FaceMesh"
+FALLBACK_PATH = "mediapipe 478 landmarks (the release's face models found no face matching the avatar's)"
 
 # Mediapipe points spanning what the 203 landmarks span: brows, and the face contour from ear to ear
 # through the chin (the mesh's forehead points are left out: the 203 layout stops at the brows).
@@ -49,7 +50,7 @@ class RegisteredFrames:
     crops: np.ndarray  # (T, 512, 512, 3) uint8
     eye_open: np.ndarray  # (T, 2) float32
     eye_ball: np.ndarray  # (T, 6) float32
-    path: str  # RELEASE_PATH or MEDIAPIPE_PATH, as this avatar took it
+    path: str  # RELEASE_PATH, MEDIAPIPE_PATH or FALLBACK_PATH, as this avatar took it
 
 
 def mediapipe_crop(landmarks: np.ndarray, params: CropParameters) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +110,7 @@ class Registrar:
     def register(self, frames: np.ndarray, landmarks: np.ndarray, avatar_id: str = "") -> RegisteredFrames:
         """(T, H, W, 3) uint8 frames and the registry's (T, 478, 2) landmarks on them (frame pixels)."""
         fallback = [mediapipe_crop(points, self.params) for points in landmarks]
-        transforms, path = fallback, MEDIAPIPE_PATH
+        transforms, path = fallback, MEDIAPIPE_PATH if self.face_models is None else FALLBACK_PATH
         if self.face_models is not None:
             release = self._release_crops(frames, fallback)
             if release is None:
