@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "server"))
 
-from avatar_server.avatars.landmarks import MediaPipeFaceLandmarker  # noqa: E402
-from avatar_server.renderers.ditto.registration import mediapipe_crop  # noqa: E402
-from avatar_server.renderers.ditto.registration.crop import CropParameters  # noqa: E402
+from avatar_server.avatars.landmarks import MediaPipeFaceLandmarker
+from avatar_server.renderers.ditto.registration import mediapipe_crop
+from avatar_server.renderers.ditto.registration.crop import CropParameters
 
 
 def geometry(m_c2o: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -66,7 +66,7 @@ def main() -> int:
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(models / "shape_predictor_68_face_landmarks.dat"))
     mediapipe = MediaPipeFaceLandmarker(max_faces=1)
-    release = dict(dsize=512, scale=2.3, vx_ratio=0, vy_ratio=-0.125, flag_do_rot=True, pt_crop_flag=False)
+    release = {"dsize": 512, "scale": 2.3, "vx_ratio": 0, "vy_ratio": -0.125, "flag_do_rot": True, "pt_crop_flag": False}
     rows = []
     for path in args.images:
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

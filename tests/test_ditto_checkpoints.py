@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from avatar_server.renderers.ditto import checkpoints as layout
 from avatar_server.renderers.ditto.checkpoints import CheckpointsError, registration_aux_files
 from avatar_server.renderers.ditto.config import ConfigError, resolve_config

@@ -36,7 +36,11 @@ from avatar_server.renderers.ditto.motion_diffusion import (
     window_noise,
 )
 from avatar_server.renderers.ditto.putback import PasteBack, release_mask
-from avatar_server.renderers.ditto.registration.crop import CropParameters, crop_transform, transform_points
+from avatar_server.renderers.ditto.registration.crop import (
+    CropParameters,
+    crop_transform,
+    transform_points,
+)
 from avatar_server.renderers.ditto.registration.eyes import eye_conditions
 
 

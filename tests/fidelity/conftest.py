@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reference_harness import TABLE_PATH, FidelityTable, Reference, reference_missing_reason, reference_root
+from reference_harness import (
+    TABLE_PATH,
+    FidelityTable,
+    Reference,
+    reference_missing_reason,
+    reference_root,
+)
 
 pytest.importorskip("torch", reason="the Ditto extra (torch) is not installed")
 pytest.importorskip("onnxruntime", reason="the Ditto extra (onnxruntime) is not installed")
@@ -61,7 +67,7 @@ def fidelity_table() -> Iterator[FidelityTable]:
     yield _TABLE
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 (pytest hook)
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Prints the table and writes it to artifacts/fidelity.md."""
     if not _TABLE.rows:
         return

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from avatar_server.renderers.ditto import checkpoints as layout
+from avatar_server.renderers.ditto.audio_features import (
+    SAMPLES_PER_FRAME,
+    AudioChunker,
+    chunk_features,
+)
 from reference_harness import reference_fp32
 from scipy.io import wavfile
 from scipy.signal import resample_poly
-
-from avatar_server.renderers.ditto import checkpoints as layout
-from avatar_server.renderers.ditto.audio_features import SAMPLES_PER_FRAME, AudioChunker, chunk_features
 
 FRAMES = 20  # 0.8 s: four chunks (each HuBERT-large call is ~0.3 s on a CPU core pair)
 

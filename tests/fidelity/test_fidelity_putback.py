@@ -8,7 +8,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-
 from avatar_server.renderers.ditto.putback import PasteBack, release_mask
 
 

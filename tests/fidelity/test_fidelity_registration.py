@@ -15,14 +15,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from reference_harness import REPO, reference_fp32
-
 from avatar_server.renderers.ditto import checkpoints as layout
 from avatar_server.renderers.ditto.keypoints import SourceFace, motion_from_extractor
 from avatar_server.renderers.ditto.registration import crop_eye_landmarks, mediapipe_crop
-from avatar_server.renderers.ditto.registration.crop import CROP_SIZE, CropParameters, crop_transform, network_input, warp_crop
+from avatar_server.renderers.ditto.registration.crop import (
+    CROP_SIZE,
+    CropParameters,
+    crop_transform,
+    network_input,
+    warp_crop,
+)
 from avatar_server.renderers.ditto.registration.eyes import eye_conditions
-from avatar_server.renderers.ditto.registration.face_models import FaceDetector, Landmarks106, Landmarks203, largest_box
+from avatar_server.renderers.ditto.registration.face_models import (
+    FaceDetector,
+    Landmarks106,
+    Landmarks203,
+    largest_box,
+)
+from reference_harness import REPO, reference_fp32
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -90,7 +100,7 @@ def _plausible_106(image: np.ndarray) -> np.ndarray:
 
 
 def test_crop_matrix_equals_theirs(crops, fidelity_table) -> None:
-    m_o2c, m_c2o, image = crops["ours"]
+    _, m_c2o, image = crops["ours"]
     fidelity_table.check("registration: crop matrix M_c2o", m_c2o, crops["theirs"]["M_c2o"])
     fidelity_table.check("registration: 512 crop, 8-bit levels", image, crops["theirs"]["img_crop"],
                          tolerance=0.0, kind="absolute")

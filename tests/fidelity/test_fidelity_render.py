@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference_harness import reference_fp32
-
 from avatar_server.renderers.ditto import checkpoints as layout
+from reference_harness import reference_fp32
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class PrepOptions:
 
     max_size: int = 1920  # longer side of output frames; <= 0: the source's own size
     template_frames: int = -1  # template frames of a video source; <= 0: all
-    crop: CropParameters = CropParameters()
+    crop: CropParameters = field(default_factory=CropParameters)
     emotion: Any = 4  # the cfg's `emo`: a class index 0..7 or a list of them
     use_emo: bool = True
     use_eye_open: bool = True
@@ -100,9 +100,9 @@ def output_size(height: int, width: int, max_size: int) -> tuple[int, int]:
     when larger (the other rounded), then each side down to even."""
     if max_size > 0 and max(height, width) > max_size:
         if height > width:
-            height, width = max_size, int(round(width * max_size / height))
+            height, width = max_size, round(width * max_size / height)
         else:
-            height, width = int(round(height * max_size / width)), max_size
+            height, width = round(height * max_size / width), max_size
     return height - height % 2, width - width % 2
 
 

@@ -31,11 +31,20 @@ from avatar_server.renderers.ditto.audio_features import (
     SAMPLES_PER_FRAME,
     AudioChunker,
 )
-from avatar_server.renderers.ditto.avatar_prep import DeviceAvatar, PrepOptions, load_or_prepare, mirror_index
+from avatar_server.renderers.ditto.avatar_prep import (
+    DeviceAvatar,
+    PrepOptions,
+    load_or_prepare,
+    mirror_index,
+)
 from avatar_server.renderers.ditto.checkpoints import registration_aux_files
 from avatar_server.renderers.ditto.config import ConfigError, DittoConfig, resolve_config
 from avatar_server.renderers.ditto.engine import Admission, DittoEngine, EngineOptions, FrameRequest
-from avatar_server.renderers.ditto.motion_diffusion import MotionStream, StreamOptions, emotion_condition
+from avatar_server.renderers.ditto.motion_diffusion import (
+    MotionStream,
+    StreamOptions,
+    emotion_condition,
+)
 from avatar_server.renderers.ditto.registration import Registrar
 from avatar_server.renderers.ditto.registration.crop import CropParameters
 from avatar_server.renderers.ditto.registration.face_models import ReleaseFaceModels

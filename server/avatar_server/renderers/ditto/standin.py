@@ -23,8 +23,8 @@ from torch import nn
 
 from avatar_server.renderers.ditto import checkpoints as layout
 from avatar_server.renderers.ditto.loaders import SPECS
-from avatar_server.renderers.ditto.networks.decoder import SpadeDecoder
 from avatar_server.renderers.ditto.networks import hubert_standin
+from avatar_server.renderers.ditto.networks.decoder import SpadeDecoder
 from avatar_server.renderers.ditto.standin_aux import aux_standins
 
 StandInSize = Literal["tiny", "full"]

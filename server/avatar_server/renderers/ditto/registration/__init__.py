@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatar_server.renderers.ditto.registration.crop import CROP_SIZE, CropParameters, crop_transform, transform_points, warp_crop
+from avatar_server.renderers.ditto.registration.crop import (
+    CROP_SIZE,
+    CropParameters,
+    crop_transform,
+    transform_points,
+    warp_crop,
+)
 from avatar_server.renderers.ditto.registration.eyes import eye_conditions
 from avatar_server.renderers.ditto.registration.face_models import ReleaseFaceModels
 

@@ -16,7 +16,12 @@ import cv2
 import numpy as np
 
 from avatar_server.renderers.ditto.checkpoints import CheckpointsError
-from avatar_server.renderers.ditto.registration.crop import CropParameters, crop_transform, transform_points, warp_crop
+from avatar_server.renderers.ditto.registration.crop import (
+    CropParameters,
+    crop_transform,
+    transform_points,
+    warp_crop,
+)
 
 DETECTOR_SIZE = 512
 DETECTOR_STRIDES = (8, 16, 32)
