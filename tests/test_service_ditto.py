@@ -29,7 +29,8 @@ async def test_converse_turn_with_ditto_on_cpu_standins(data_dir, tiny_checkpoin
     async with running_service(data_dir, renderer="ditto", checkpoints=tiny_checkpoints,
                                ditto_runtime="pytorch", ditto_device="cpu",
                                ditto_sampling_steps=2, ditto_capacity_fps=1000.0,
-                               ditto_first_frames=5, ditto_stride=10, ditto_overlap=5) as service:
+                               ditto_first_frames=5, ditto_stride=10, ditto_overlap=5,
+                               ditto_template_frames=3) as service:  # a 200-frame prep is not this test's subject
         info = await service.stub.GetServerInfo(pb.GetServerInfoRequest())
         assert info.renderer == "ditto" and {m.runtime for m in info.models} >= {"pytorch"}
         talk = Conversation(service.stub, pb.SessionConfig())

@@ -32,6 +32,7 @@ from avatar_server.renderers.ditto.registration.eyes import MESH_POINTS
 log = logging.getLogger(__name__)
 
 PREP_VERSION = 2
+PREP_BATCH = 16  # template frames per appearance / motion call
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,13 @@ def prepare_avatar(assets: AvatarAssets, networks, registrar: Registrar, options
     source_size = networks.sizes.source_size
     inputs = np.stack([network_input(crop, source_size) for crop in registered.crops])
     images = torch.from_numpy(inputs).permute(0, 3, 1, 2).float() / 255.0
+    appearances, infos = [], []
     with torch.inference_mode():
-        appearance = networks.appearance(images).float().cpu()
-        info = {key: value.float().cpu() for key, value in networks.motion(images).items()}
+        for batch in images.split(PREP_BATCH):  # bounded memory for long video avatars
+            appearances.append(networks.appearance(batch).float().cpu())
+            infos.append({key: value.float().cpu() for key, value in networks.motion(batch).items()})
+    appearance = torch.cat(appearances)
+    info = {key: torch.cat([part[key] for part in infos]) for key in infos[0]}
     source_motion = motion_from_extractor(info)
     canonical_kp = info["kp"].reshape(len(frames), -1)
     extra = condition_extra(networks.cond_dim - networks.sizes.audio_dim, options, registered.eye_open[0],
