@@ -138,3 +138,16 @@ def test_a_bad_emotion_in_the_cfg_is_a_startup_error(copy: Path) -> None:
     path.write_bytes(pickle.dumps(raw))
     with pytest.raises(ConfigError, match="emotion 11"):
         DittoRenderer(_ditto_settings(copy))
+
+
+def test_the_full_hubert_standin_is_hubert_large_sized() -> None:
+    import torch
+
+    from avatar_server.renderers.ditto.networks.hubert_standin import FULL, HubertStandIn, hubert_frames
+
+    with torch.device("meta"):  # shapes only, no memory
+        module = HubertStandIn(FULL)
+    parameters = sum(p.numel() for p in module.parameters())
+    assert 310e6 < parameters < 320e6  # HuBERT-large: ~316 M
+    assert len(module.encoder.layers) == 24 and module.encoder.layers[0].feed_forward.intermediate_dense.out_features == 4096
+    assert hubert_frames(6480) == 20 and module.output_projection is None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reference_harness import (
+from fidelity.reference_harness import (
     TABLE_PATH,
     FidelityTable,
     Reference,

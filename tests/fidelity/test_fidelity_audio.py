@@ -13,7 +13,7 @@ from avatar_server.renderers.ditto.audio_features import (
     AudioChunker,
     chunk_features,
 )
-from reference_harness import reference_fp32
+from fidelity.reference_harness import reference_fp32
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference_harness import FidelityTable, differences, reference_missing_reason
+from fidelity.reference_harness import FidelityTable, differences, reference_missing_reason
 
 
 def test_differences_are_relative_to_the_reference_range() -> None:

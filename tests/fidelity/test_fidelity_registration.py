@@ -32,7 +32,7 @@ from avatar_server.renderers.ditto.registration.face_models import (
     Landmarks203,
     largest_box,
 )
-from reference_harness import REPO, reference_fp32
+from fidelity.reference_harness import REPO, reference_fp32
 
 
 def _rgb(path: Path) -> np.ndarray:

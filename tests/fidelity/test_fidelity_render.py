@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from avatar_server.renderers.ditto import checkpoints as layout
-from reference_harness import reference_fp32
+from fidelity.reference_harness import reference_fp32
 
 
 @pytest.fixture(scope="module")
