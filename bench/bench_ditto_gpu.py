@@ -51,13 +51,20 @@ def settings(args: argparse.Namespace, **overrides) -> Settings:
     return load_settings(environment=False, **values)
 
 
-def avatars(cache: Path) -> list[AvatarAssets]:
-    """Two avatars of different sizes from skimage's astronaut (public domain)."""
+def avatars(cache: Path, side: int = 512) -> list[AvatarAssets]:
+    """Two avatars of different sizes from skimage's astronaut (public domain), upscaled to `side`
+    (e.g. 1920, to time paste-back and colour conversion at the authors' default output size)."""
+    import cv2
     from skimage import data
 
     image = data.astronaut()
     points = np.load(LANDMARKS)
-    crops = [(image, points), (np.ascontiguousarray(image[20:420, 60:460]), points - np.array([60, 20], np.float32))]
+    if side != image.shape[0]:
+        points = points * (side / image.shape[0])
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
+    k = side / 512
+    y0, y1, x0, x1 = (int(v * k) // 2 * 2 for v in (20, 420, 60, 460))
+    crops = [(image, points), (np.ascontiguousarray(image[y0:y1, x0:x1]), points - np.array([x0, y0], np.float32))]
     out = []
     for index, (frame, lm) in enumerate(crops):
         info = AvatarInfo(f"astronaut{index}", "astronaut", "image", frame.shape[1], frame.shape[0], 1,
@@ -298,6 +305,7 @@ def main() -> None:
     parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--compile-modules", action="store_true", help="compiled run: compile warp+decoder modules")
     parser.add_argument("--first-frames", type=int, default=10)
+    parser.add_argument("--avatar-side", type=int, default=512, help="side of the benchmark avatars (1920: full size)")
     parser.add_argument("--max-size", type=int, default=512,
                         help="longest output side (the authors' default is 1920; 512 as in earlier runs)")
     parser.add_argument("--hubert-large", action="store_true", help="time a HuBERT-large-shaped encoder")
@@ -323,7 +331,7 @@ def main() -> None:
         save()
 
     cache = Path("/tmp/ditto_bench_cache")
-    avatar_list = avatars(cache)
+    avatar_list = avatars(cache, args.avatar_side)
     sessions = [int(n) for n in args.sessions.split(",")]
 
     def engine_runs(label: str, engine: EngineOptions | None = None, **overrides):

@@ -6,7 +6,7 @@ frame with the crop's affine, bilinearly, sampling where OpenCV's warpAffine sam
 1/32 pixel steps, from its fixed-point arithmetic, so a paste matches the authors' to float
 rounding), then blended over the template frame and TRUNCATED to whole levels like their blend.
 Per template frame only the affine's fixed-point row and column terms are kept (a few KB); the
-sampling grid of a batch is built from them on the device.
+sampling grid of a batch is built from them on the device, for the frame region the crops reach.
 """
 
 from __future__ import annotations
@@ -45,61 +45,81 @@ def release_mask(size: int = 512, inner: float = MASK_INNER) -> np.ndarray:
     return mask
 
 
-def fixed_point_terms(frame_from_crop: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
-    """warpAffine's fixed-point source positions as separable terms, int32 (4, max(H, W)):
-    rows 0/1: per output row y, round((a01 y + a02) 1024) + 16 for x / y; rows 2/3: per output
-    column x, round(a00 x 1024) for x / round(a10 x 1024) for y (a: the frame -> crop inverse)."""
+def fixed_point_terms(frame_from_crop: np.ndarray, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """warpAffine's fixed-point source positions as separable terms, int32: per output row y (2, H)
+    round((a01 y + a02) 1024) + 16 for x and for y; per output column x (2, W) round(a00 x 1024) for x,
+    round(a10 x 1024) for y (a: the frame -> crop inverse of `frame_from_crop`)."""
     height, width = frame_size
     inverse = cv2.invertAffineTransform(np.asarray(frame_from_crop, np.float64)[:2])
     ys, xs = np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64)
-    length = max(height, width)
-    terms = np.zeros((4, length), np.int64)
-    terms[0, :height] = np.rint((inverse[0, 1] * ys + inverse[0, 2]) * _AB_SCALE) + _ROUND_DELTA
-    terms[1, :height] = np.rint((inverse[1, 1] * ys + inverse[1, 2]) * _AB_SCALE) + _ROUND_DELTA
-    terms[2, :width] = np.rint(inverse[0, 0] * xs * _AB_SCALE)
-    terms[3, :width] = np.rint(inverse[1, 0] * xs * _AB_SCALE)
-    return terms.astype(np.int32)
+    rows = np.stack([np.rint((inverse[0, 1] * ys + inverse[0, 2]) * _AB_SCALE) + _ROUND_DELTA,
+                     np.rint((inverse[1, 1] * ys + inverse[1, 2]) * _AB_SCALE) + _ROUND_DELTA])
+    cols = np.stack([np.rint(inverse[0, 0] * xs * _AB_SCALE), np.rint(inverse[1, 0] * xs * _AB_SCALE)])
+    return rows.astype(np.int32), cols.astype(np.int32)
 
 
-def sampling_grid(terms: torch.Tensor, frame_size: tuple[int, int], crop_size: int) -> torch.Tensor:
-    """(B, 4, L) fixed-point terms -> (B, H, W, 2) grid_sample coordinates in -1..1 (align_corners=False)."""
-    height, width = frame_size
+def sampling_grid(rows: torch.Tensor, cols: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """(B, 2, h) row and (B, 2, w) column terms -> (B, h, w, 2) grid_sample coordinates in -1..1
+    (align_corners=False): warpAffine's positions, in 1/32 pixel steps."""
     shift = _AB_BITS - _INTER_BITS
-    x = (terms[:, 0, :height, None] + terms[:, 2, None, :width]) >> shift
-    y = (terms[:, 1, :height, None] + terms[:, 3, None, :width]) >> shift
+    x = (rows[:, 0, :, None] + cols[:, 0, None, :]) >> shift
+    y = (rows[:, 1, :, None] + cols[:, 1, None, :]) >> shift
     grid = torch.stack([x, y], dim=-1).float() / _SUBPIXELS
     return (2.0 * grid + 1.0) / crop_size - 1.0
 
 
-class PasteBack:
-    """Per-avatar paste-back state on one device: fixed-point terms (T, 4, L), template frames (T, H, W, 3) uint8."""
+def crop_region(frame_from_crop: np.ndarray, frame_size: tuple[int, int], crop_size: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the frame pixels the crop square can reach (a pixel margin around its image);
+    outside, the warped mask is exactly 0 and a paste leaves the frame as it is."""
+    corners = np.array([[0, 0], [crop_size, 0], [0, crop_size], [crop_size, crop_size]], np.float64)
+    m = np.asarray(frame_from_crop, np.float64)
+    points = corners @ m[:2, :2].T + m[:2, 2]
+    height, width = frame_size
+    x0, y0 = np.floor(points.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(points.max(0)).astype(int) + 2
+    return max(0, y0), min(height, max(0, y1)), max(0, x0), min(width, max(0, x1))
 
-    def __init__(self, terms: torch.Tensor, backgrounds: torch.Tensor, mask: torch.Tensor) -> None:
-        self.terms = terms
+
+class PasteBack:
+    """Per-avatar paste-back state on one device: fixed-point row and column terms of each template
+    frame's affine, limited to the region all crops reach; template frames (T, H, W, 3) uint8."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, region: tuple[int, int, int, int],
+                 backgrounds: torch.Tensor, mask: torch.Tensor) -> None:
+        self.rows, self.cols, self.region = rows, cols, region
         self.backgrounds = backgrounds
         self.mask = mask  # (1, 1, S, S)
-        self.frame_size = (int(backgrounds.shape[1]), int(backgrounds.shape[2]))
 
     @classmethod
     def build(cls, frames: np.ndarray, frame_from_crop: np.ndarray, crop_size: int, device: torch.device) -> PasteBack:
         """From template frames (T, H, W, 3) uint8 and their crop -> frame affines (T, 3, 3) or (T, 2, 3)."""
         size = frames.shape[1:3]
-        terms = np.stack([fixed_point_terms(m, size) for m in frame_from_crop])
+        regions = np.array([crop_region(m, size, crop_size) for m in frame_from_crop])
+        y0, x0 = regions[:, [0, 2]].min(0)
+        y1, x1 = regions[:, [1, 3]].max(0)
+        terms = [fixed_point_terms(m, size) for m in frame_from_crop]
+        rows = torch.from_numpy(np.stack([r[:, y0:y1] for r, _ in terms]))
+        cols = torch.from_numpy(np.stack([c[:, x0:x1] for _, c in terms]))
         mask = torch.from_numpy(release_mask(crop_size))[None, None]
         # torch.tensor copies: the avatar's frames are shared and read-only.
-        return cls(torch.from_numpy(terms).to(device), torch.tensor(frames).to(device), mask.to(device))
+        return cls(rows.to(device), cols.to(device), (int(y0), int(y1), int(x0), int(x1)),
+                   torch.tensor(frames).to(device), mask.to(device))
 
     def paste(self, renders: torch.Tensor, template_index: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) renders in 0..1 + (B,) template indices -> (B, 3, H, W) frames: float32 whole
         levels 0..255 (truncated, as the release's blend)."""
-        grid = sampling_grid(self.terms[template_index], self.frame_size, renders.shape[-1])
+        frames = self.backgrounds[template_index].permute(0, 3, 1, 2).float()
+        y0, y1, x0, x1 = self.region
+        if y1 <= y0 or x1 <= x0:  # the crop lies outside the frame
+            return frames
+        grid = sampling_grid(self.rows[template_index], self.cols[template_index], renders.shape[-1])
         pixels = renders.float().clamp(0, 1) * 255.0
         warped = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         mask = F.grid_sample(self.mask.expand(len(grid), -1, -1, -1), grid, mode="bilinear",
                              padding_mode="zeros", align_corners=False).clamp(0, 1)
-        background = self.backgrounds[template_index].permute(0, 3, 1, 2).float()
-        blended = warped * mask + background * (1.0 - mask)
-        return torch.floor(blended.clamp(0, 255))
+        background = frames[:, :, y0:y1, x0:x1]
+        frames[:, :, y0:y1, x0:x1] = torch.floor((warped * mask + background * (1.0 - mask)).clamp(0, 255))
+        return frames
 
 
 def to_rgb24_async(pixels: torch.Tensor) -> torch.Tensor:
