@@ -13,7 +13,7 @@ WEB_PORT  ?= 7135
 # install the CUDA build of their choice instead (see checkpoints/README.md).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: example-analysis settings-doc run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
+.PHONY: device-carry example-analysis settings-doc run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,11 @@ standin: dev-venv
 # TensorRT engines from the official ONNX files, for this machine's GPU (TensorRT 10+).
 engines: dev-venv
 	$(PY) -m avatar_server.renderers.ditto.build_engines --checkpoints $${CHECKPOINTS:-checkpoints}
+
+# .device-carry/: what the GPU machine lacks to run the service (see bench/RESULTS.md
+# "How to run on the device"); needs network (PyPI, Debian) here.
+device-carry: venv stubs
+	$(PY) bench/device/prepare.py
 
 # example/analysis.npz: the built-in avatar's face analysis (MediaPipe), shipped so a machine
 # without the face landmarker serves the example; a test checks it is current.

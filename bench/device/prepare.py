@@ -39,8 +39,9 @@ CALL_LIMIT_BYTES = 64 * 1024 * 1024
 PROGRAMS_ARCHIVE = "programs.tar.xz"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
-# name on the device -> (Debian package, file in it); redis-check-rdb is the server binary,
-# which runs as the server when called by any other name.
+# name on the device -> (Debian package, file in it). Debian's redis-server package holds only
+# a link to redis-tools' redis-check-rdb (and service files): that binary runs as the server
+# when called by any other name.
 PROGRAMS = {
     "nginx": ("nginx", "usr/sbin/nginx"),
     "redis-server": ("redis-tools", "usr/bin/redis-check-rdb"),
@@ -138,7 +139,7 @@ def build_programs(folder: Path) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch:
         download, root = Path(scratch) / "debs", Path(scratch) / "root"
         download.mkdir()
-        versions = unpack({package for package, _ in PROGRAMS.values()} | {"redis-server"}, download, root)
+        versions = unpack({package for package, _ in PROGRAMS.values()}, download, root)
         libraries: dict[str, Path] = {}
         for name, (_, inside) in PROGRAMS.items():
             shutil.copy2(root / inside, folder / "sbin" / name)
