@@ -7,9 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import grpc
 import grpc.aio
-from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+from avatar.v1 import avatar_pb2
 
 from avatar_web.rest_errors import (
     ApiError,
@@ -18,6 +17,7 @@ from avatar_web.rest_errors import (
     error_midway,
     status_from_number,
 )
+from avatar_web.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +132,13 @@ class _Collector:
         return ApiError(502, "the service ended the stream before the turn completed")
 
 
-async def run_chat_turn(channel: grpc.aio.Channel, request: TurnRequest) -> TurnOutput:
+async def run_chat_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput:
     """One user message on a Converse stream that lives just for this turn.
 
     The writing side stays open until the turn is over (a half-close would tell the service
     the client left), then closes so the service can end the stream and keep the session.
     """
-    stub = avatar_pb2_grpc.AvatarServiceStub(channel)
-    call = stub.Converse()
+    call = upstream.converse()
 
     async def send_turn() -> None:
         await call.write(avatar_pb2.ConverseRequest(config=request.session_config()))
@@ -150,10 +149,11 @@ async def run_chat_turn(channel: grpc.aio.Channel, request: TurnRequest) -> Turn
     return await _collect(call, _Collector(request), before=send_turn, half_close=True)
 
 
-async def run_speak_turn(channel: grpc.aio.Channel, request: TurnRequest) -> TurnOutput:
+async def run_speak_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput:
     """The Speak rpc: the avatar says `request.text` as one turn, no language model."""
-    stub = avatar_pb2_grpc.AvatarServiceStub(channel)
-    call = stub.Speak(avatar_pb2.SpeakRequest(config=request.session_config(), text=request.text))
+    call = upstream.speak(
+        avatar_pb2.SpeakRequest(config=request.session_config(), text=request.text)
+    )
     return await _collect(call, _Collector(request))
 
 
