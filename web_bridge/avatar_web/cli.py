@@ -9,6 +9,8 @@ import sys
 from aiohttp import web
 from pydantic import ValidationError
 
+from avatar_web.access_log import RedactingAccessLogger
+from avatar_web.access_log import log as access_log
 from avatar_web.app import create_app
 from avatar_web.security import UnsafeExposure, refuse_unsafe_exposure
 from avatar_web.settings import WebSettings
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     web.run_app(
         create_app(settings), host=settings.host, port=settings.port,
         print=lambda line: log.info("%s", line.strip()),
+        access_log_class=RedactingAccessLogger, access_log=access_log,
         shutdown_timeout=5.0,
     )
 
