@@ -24,6 +24,7 @@ from avatar_server.media.video_frames import FrameConverter
 from avatar_server.renderers.ditto.models import CheckpointsError, engine_devices
 from avatar_server.renderers.ditto.putback import to_i420_async
 from avatar_server.renderers.ditto.renderer import DittoRenderer
+from media_helpers import encode_segment
 
 # the engine tests' module fixtures, under their names so tests ask for them as usual
 standin_dir, astronaut_avatars, one_cpu_thread = (
@@ -60,7 +61,7 @@ def _encode_and_decode(frames: list[Frame], width: int, height: int) -> np.ndarr
     """Frames -> fMP4 through SegmentEncoder (lossless, so only the colour conversion differs) ->
     decoded yuv420p pictures."""
     encoder = SegmentEncoder(width=width, height=height, fps=25, clock_rate=16000, crf=0)
-    segment = encoder.encode(frames, np.zeros(len(frames) * 640, np.int16))
+    segment = encode_segment(encoder, frames, np.zeros(len(frames) * 640, np.int16))
     assert segment.frames == len(frames)
     stream = encoder.init_segment() + segment.data
     encoder.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from avatar_server.core.frames import Frame
 from avatar_server.media import SegmentEncoder
+from media_helpers import encode_segment
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
 
@@ -65,7 +66,7 @@ def test_chromium_media_source_plays_all_segments() -> None:
     for count in (25, 12, 38):
         frames = [Frame(np.full((64, 64, 3), (7 * index) % 256, np.uint8)) for index in range(first, first + count)]
         tone = (4000 * np.sin(2 * np.pi * 440 * np.arange(count * 640) / 16000)).astype(np.int16)
-        parts.append(encoder.encode(frames, tone).data)
+        parts.append(encode_segment(encoder, frames, tone).data)
         first += count
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(

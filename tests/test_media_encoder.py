@@ -15,6 +15,7 @@ import pytest
 from avatar_server.core.errors import EncodeError, StatusCode
 from avatar_server.core.frames import Frame
 from avatar_server.media import EncodedSegment, SegmentEncoder
+from media_helpers import encode_segment
 
 FPS = 25
 RATE = 16000
@@ -53,7 +54,7 @@ def encode_stream(
     segments, frame, offset = [], first_frame, 0
     for count in lengths:
         frames = [gray_frame(255 if f in flashes else (f * 3) % 80) for f in range(frame, frame + count)]
-        segments.append(encoder.encode(frames, pcm[offset : offset + count * SPF]))
+        segments.append(encode_segment(encoder, frames, pcm[offset : offset + count * SPF]))
         frame += count
         offset += count * SPF
     return segments
@@ -176,7 +177,7 @@ def test_scene_cuts_inside_a_segment_make_no_key_frames() -> None:
     encoder = make_encoder()
     rng = np.random.default_rng(1)
     frames = [Frame(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(20)]
-    segment = encoder.encode(frames, np.zeros(20 * SPF, dtype=np.int16))
+    segment = encode_segment(encoder, frames, np.zeros(20 * SPF, dtype=np.int16))
     flags = [flags for _, _, flags in parse_segment(segment.data)["tracks"][1][1]]
     assert flags.count(0x02000000) == 1 and flags[0] == 0x02000000
 
@@ -224,7 +225,7 @@ def test_yuv420p_frames_are_encoded_as_given(tmp_path: Path) -> None:
     encoder = make_encoder()
     planes = np.full((SIZE * 3 // 2, SIZE), 128, dtype=np.uint8)
     planes[:SIZE] = 200
-    segment = encoder.encode([Frame(planes, "yuv420p")] * 3, np.zeros(3 * SPF, dtype=np.int16))
+    segment = encode_segment(encoder, [Frame(planes, "yuv420p")] * 3, np.zeros(3 * SPF, dtype=np.int16))
     path = write_stream(tmp_path / "y.mp4", encoder.init_segment(), [segment])
     with av.open(str(path)) as container:
         decoded = [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
@@ -291,7 +292,7 @@ def test_a_long_stream_keeps_audio_and_video_ends_together() -> None:
     silence = np.zeros(RATE, dtype=np.int16)
     video_end = audio_end = 0
     for second in range(LONG_RUN_MINUTES * 60):
-        segment = encoder.encode(frames, tone if second % 7 == 3 else silence)
+        segment = encode_segment(encoder, frames, tone if second % 7 == 3 else silence)
         parsed = parse_segment(segment.data)
         video_tfdt, video = parsed["tracks"][1]
         assert parsed["sequence"] == second + 1 and video_tfdt == video_end
@@ -310,26 +311,29 @@ def test_odd_or_empty_sizes_are_refused(width: int, height: int) -> None:
     assert raised.value.code == StatusCode.INTERNAL and raised.value.stage == "encode"
 
 
-def test_bad_segments_are_refused_and_the_encoder_stays_usable() -> None:
+def test_bad_frames_and_audio_are_refused_and_the_encoder_stays_usable() -> None:
     encoder = make_encoder()
-    frames = [gray_frame(10)] * 2
+    with pytest.raises(EncodeError, match="shape"):
+        encoder.add_frame(Frame(np.zeros((SIZE, SIZE + 2, 3), np.uint8)))
+    with pytest.raises(EncodeError):
+        encoder.add_frame(Frame(np.zeros((SIZE, SIZE), np.uint8), "gray"))  # type: ignore[arg-type]
+    assert encoder.pending_frames == 0  # a refused frame never reaches x264
+    with pytest.raises(EncodeError, match="at least one frame"):
+        encoder.finish_segment(np.zeros(0, np.int16))
+    encoder.add_frame(gray_frame(10))
+    encoder.add_frame(gray_frame(10))
     for pcm in [np.zeros(2 * SPF - 1, np.int16), np.zeros(2 * SPF + 1, np.int16),
                 np.zeros(2 * SPF, np.float32), np.zeros((2 * SPF, 1), np.int16)]:
         with pytest.raises(EncodeError):
-            encoder.encode(frames, pcm)
-    with pytest.raises(EncodeError, match="shape"):
-        encoder.encode([gray_frame(1), Frame(np.zeros((SIZE, SIZE + 2, 3), np.uint8))], np.zeros(2 * SPF, np.int16))
-    with pytest.raises(EncodeError):
-        encoder.encode([Frame(np.zeros((SIZE, SIZE), np.uint8), "gray")], np.zeros(SPF, np.int16))  # type: ignore[arg-type]
-    with pytest.raises(EncodeError):
-        encoder.encode([], np.zeros(0, np.int16))
-    segment = encoder.encode(frames, np.zeros(2 * SPF, np.int16))
+            encoder.finish_segment(pcm)
+    assert encoder.pending_frames == 2  # refused audio leaves the segment open
+    segment = encoder.finish_segment(np.zeros(2 * SPF, np.int16))
     assert (segment.sequence, segment.first_frame) == (0, 0)
     tfdt, video = parse_segment(segment.data)["tracks"][1]
     assert tfdt == 0 and len(video) == 2
     encoder.close()
     with pytest.raises(EncodeError, match="closed"):
-        encoder.encode(frames, np.zeros(2 * SPF, np.int16))
+        encoder.add_frame(gray_frame(10))
 
 
 def test_unknown_preset_is_an_encode_error() -> None:

@@ -12,7 +12,6 @@ before its video; that audio goes out with the next segment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -89,17 +88,6 @@ class SegmentEncoder:
     def init_segment(self) -> bytes:
         """ftyp+moov: append to a SourceBuffer (of `mime_type`) before any segment."""
         return self._init_segment
-
-    def encode(self, frames: Sequence[Frame], pcm: np.ndarray) -> EncodedSegment:
-        """Encodes the next `frames` and their audio (int16 mono, samples_per_frame per frame)."""
-        if not frames:
-            raise EncodeError("a segment needs at least one frame")
-        self._check_pcm(pcm, len(frames))
-        # Convert (and so check) every frame first: a bad frame must not leave x264 half-fed.
-        converted = [self._convert(frame) for frame in frames]
-        for video_frame in converted:
-            self._encode_frame(video_frame)
-        return self.finish_segment(pcm)
 
     def add_frame(self, frame: Frame) -> None:
         """Encodes one frame of the segment being built, now.

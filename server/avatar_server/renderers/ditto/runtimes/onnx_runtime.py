@@ -17,10 +17,10 @@ import torch
 
 from avatar_server.renderers.base import ModelDescription
 from avatar_server.renderers.ditto.checkpoints import CheckpointsError, require_checkpoints
-from avatar_server.renderers.ditto.models import NetworkSizes
 from avatar_server.renderers.ditto.networks.motion import MOTION_OUTPUTS
 from avatar_server.renderers.ditto.onnx_graph import replace_custom_grid_samples
 from avatar_server.renderers.ditto.runtimes.common import HubertOnnx, onnx_providers, resolve_device
+from avatar_server.renderers.ditto.sizes import NetworkSizes
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from avatar_server.renderers.ditto.checkpoints import (
     engine_precision,
     require_checkpoints,
 )
-from avatar_server.renderers.ditto.models import NetworkSizes
 from avatar_server.renderers.ditto.networks.motion import MOTION_OUTPUTS
 from avatar_server.renderers.ditto.runtimes.common import HubertOnnx, resolve_device
 from avatar_server.renderers.ditto.runtimes.onnx_runtime import IO_NAMES
+from avatar_server.renderers.ditto.sizes import NetworkSizes
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from torch import nn
 from avatar_server.renderers.base import ModelDescription
 from avatar_server.renderers.ditto.checkpoints import CheckpointsError, require_checkpoints
 from avatar_server.renderers.ditto.loaders import is_tiny, load_network
-from avatar_server.renderers.ditto.models import NetworkSizes
 from avatar_server.renderers.ditto.networks.motion import MOTION_OUTPUTS
 from avatar_server.renderers.ditto.runtimes.common import HubertOnnx, resolve_device, resolve_dtype
+from avatar_server.renderers.ditto.sizes import NetworkSizes
 
 log = logging.getLogger(__name__)
 
