@@ -199,8 +199,10 @@ class BrowserSession:
         """Moves the service's events to the outbox, waiting when the browser is slow."""
         assert self._call is not None
         timeout = self._settings.send_stall_timeout_s
+        events = 0
         try:
             async for event in self._call:
+                events += 1
                 frame = self._translator.translate(event)
                 if frame is not None:
                     await self._outbox.put(frame, timeout)
@@ -213,6 +215,8 @@ class BrowserSession:
             return
         except grpc.aio.AioRpcError as exc:
             status, details = exc.code(), exc.details() or ""
+            if not events:
+                status, details = await self._upstream.refusal_behind(status, details)
             detail = explain_credential_refusal(status, details) or details or status.name
         if self._closing:
             return

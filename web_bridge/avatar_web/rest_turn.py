@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import grpc
 import grpc.aio
 from avatar.v1 import avatar_pb2
 
@@ -119,10 +120,10 @@ class _Collector:
             named_fields=self.request.named_fields(),
         )
 
-    def rpc_error(self, exc: grpc.aio.AioRpcError) -> ApiError:
+    def rpc_error(self, code: grpc.StatusCode, details: str) -> ApiError:
         return error_from_status(
-            exc.code(),
-            exc.details() or "",
+            code,
+            details,
             turn_started=self.turn_started,
             text_field=self.request.text_field,
             named_fields=self.request.named_fields(),
@@ -146,7 +147,9 @@ async def run_chat_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput:
             avatar_pb2.ConverseRequest(message=avatar_pb2.UserMessage(text=request.text))
         )
 
-    return await _collect(call, _Collector(request), before=send_turn, half_close=True)
+    return await _collect(
+        call, _Collector(request), upstream, before=send_turn, half_close=True
+    )
 
 
 async def run_speak_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput:
@@ -154,12 +157,13 @@ async def run_speak_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput
     call = upstream.speak(
         avatar_pb2.SpeakRequest(config=request.session_config(), text=request.text)
     )
-    return await _collect(call, _Collector(request))
+    return await _collect(call, _Collector(request), upstream)
 
 
 async def _collect(
     call: grpc.aio.Call,
     collector: _Collector,
+    upstream: Upstream,
     *,
     before: Callable[[], Awaitable[None]] | None = None,
     half_close: bool = False,
@@ -180,7 +184,10 @@ async def _collect(
     except grpc.aio.AioRpcError as exc:
         if finished:
             return collector.output
-        raise collector.rpc_error(exc) from exc
+        code, details = exc.code(), exc.details() or ""
+        if not collector.output.session_id:  # nothing came back: see what hid the refusal
+            code, details = await upstream.refusal_behind(code, details)
+        raise collector.rpc_error(code, details) from exc
     finally:
         if not call.done():
             call.cancel()

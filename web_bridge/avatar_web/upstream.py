@@ -59,6 +59,25 @@ class Upstream:
             metadata=self._metadata,
         )
 
+    async def refusal_behind(
+        self, code: grpc.StatusCode, details: str
+    ) -> tuple[grpc.StatusCode, str]:
+        """The real status of a stream that failed before any event, where grpc.aio hid it.
+
+        A stream the service refuses at once (a wrong key) can end on the client as
+        INTERNAL "Internal error from Core" when the bridge's first write raced the refusal
+        (grpc/grpc#36066). A unary call then shows the refusal itself; any other status, or a
+        unary call that succeeds, leaves the status as it was.
+        """
+        if code != grpc.StatusCode.INTERNAL:
+            return code, details
+        try:
+            await self.server_info(5.0)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in CREDENTIAL_CODES:
+                return exc.code(), exc.details() or ""
+        return code, details
+
     def state(self) -> grpc.ChannelConnectivity:
         """The channel's connectivity, asking it to connect if idle."""
         return self.channel.get_state(try_to_connect=True)
