@@ -38,17 +38,18 @@ $(STUBS): $(PROTO)
 stubs: $(STUBS)
 
 # Service (gRPC :50051) and web bridge (http://localhost:7135) on embedded
-# defaults: echo LLM, espeak-ng TTS, CPU lip-sync renderer. Auth is switched off
-# explicitly because this is a local run; see README "Security and operations".
+# defaults: echo LLM, espeak-ng TTS, CPU lip-sync renderer. Both listen on
+# loopback only, which is why auth can be switched off for this local run; to
+# expose them see docs/web.md "Exposing it" and README "Security and operations".
 run: venv stubs
-	@echo "gRPC on localhost:$(GRPC_PORT), player on http://localhost:$(WEB_PORT)"
+	@echo "gRPC on 127.0.0.1:$(GRPC_PORT), player on http://127.0.0.1:$(WEB_PORT) (this machine only)"
 	@trap 'kill $$server $$web 2>/dev/null; wait' INT TERM; \
-	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT) & server=$$!; \
-	$(VENV)/bin/avatar-web --port $(WEB_PORT) --grpc localhost:$(GRPC_PORT) & web=$$!; \
+	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --host 127.0.0.1 --port $(GRPC_PORT) & server=$$!; \
+	$(VENV)/bin/avatar-web --host 127.0.0.1 --port $(WEB_PORT) --grpc 127.0.0.1:$(GRPC_PORT) & web=$$!; \
 	wait
 
 server: venv stubs
-	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT)
+	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --host 127.0.0.1 --port $(GRPC_PORT)
 
 # System tools the tests use: ffmpeg (independent decoder), chromium (player),
 # redis and nginx (scale-out), a CJK font (Korean in the player). Installed with apt-get when run as root.
