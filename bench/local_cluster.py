@@ -136,8 +136,11 @@ def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path
     )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "avatar-grpc.conf").write_text(http_part)
+    # Run as root, nginx's workers would switch to its built-in user nobody:nogroup, which a
+    # bare machine may lack and which cannot use the caller's temporary folders: keep root.
+    workers_user = "user root root;\n" if os.geteuid() == 0 else ""
     main = f"""# Local run of deploy/nginx/avatar-grpc.conf.template (by bench/local_cluster.py).
-daemon off;
+{workers_user}daemon off;
 worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log info;

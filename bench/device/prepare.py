@@ -59,7 +59,8 @@ exec "$here/sbin/{name}" "$@"
 
 def run(*command: str | Path, cwd: Path | None = None) -> str:
     """Runs a command; its stdout, or SystemExit with what it printed when it fails."""
-    done = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=cwd)
+    done = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=cwd,
+                          check=False)
     if done.returncode != 0:
         raise SystemExit(f"prepare: {' '.join(map(str, command))} failed:\n{done.stderr or done.stdout}")
     return done.stdout
@@ -88,13 +89,10 @@ def download_wheels(folder: Path, python_version: str) -> list[Path]:
 
 def debian_package_of(library: Path) -> str:
     """The installed Debian package that holds `library` (merged /usr or not)."""
-    real = library.resolve()
-    candidates = {library, real}
-    for path in list(candidates):
-        text = str(path)
-        candidates.add(Path(text.removeprefix("/usr")) if text.startswith("/usr/") else Path("/usr" + text))
-    for path in candidates:
-        done = subprocess.run(["dpkg", "-S", str(path)], capture_output=True, text=True)
+    named = {library, library.resolve()}
+    merged = {Path(str(p).removeprefix("/usr")) if str(p).startswith("/usr/") else Path(f"/usr{p}") for p in named}
+    for path in named | merged:
+        done = subprocess.run(["dpkg", "-S", str(path)], capture_output=True, text=True, check=False)
         if done.returncode == 0:
             return done.stdout.split(":", 1)[0].strip()
     raise SystemExit(f"prepare: no installed Debian package holds {library}")
