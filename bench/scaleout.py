@@ -66,32 +66,10 @@ from bench.proc_stats import cpu_seconds, tree_cpu_seconds
 # instance says UNAVAILABLE; a crashed one shows up through nginx as a reset
 # stream (INTERNAL "Stream removed") or UNAVAILABLE.
 RECONNECT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
-FILLER = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "the",
-    "lazy",
-    "dog",
-    "while",
-    "seven",
-    "bright",
-    "stars",
-    "watch",
-    "the",
-    "quiet",
-    "river",
-    "carry",
-    "small",
-    "boats",
-    "past",
-    "the",
-    "old",
-    "mill",
-]
+FILLER = (
+    "the quick brown fox jumps over the lazy dog while seven bright stars watch "
+    "the quiet river carry small boats past the old mill"
+).split()
 
 
 def instance_env(redis_url: str, workdir: Path, name: str, *, grace_s: float) -> dict[str, str]:
@@ -915,7 +893,7 @@ def _cpu_use(cpu_s: float, cpus: str, elapsed: float) -> dict[str, Any]:
     return {
         "cpus": cpus,
         "cpu_seconds": round(cpu_s, 1),
-        "cores_busy": round(busy, 2),
+        "cores_busy": round(busy, 3),
         "share_of_its_cores": round(busy / cores, 2),
     }
 

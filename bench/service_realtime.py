@@ -54,40 +54,10 @@ from service_helpers import Conversation
 from bench.local_cluster import ServerInstance, free_port
 from bench.proc_stats import cpu_seconds, thread_cpu_seconds
 
-FILLER = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "the",
-    "lazy",
-    "dog",
-    "while",
-    "seven",
-    "bright",
-    "stars",
-    "watch",
-    "the",
-    "quiet",
-    "river",
-    "carry",
-    "small",
-    "boats",
-    "past",
-    "the",
-    "old",
-    "mill",
-    "and",
-    "the",
-    "wind",
-    "moves",
-    "softly",
-    "through",
-    "tall",
-    "grass",
-]
+FILLER = (  # noqa: SIM905 (one sentence reads better than a list of words)
+    "the quick brown fox jumps over the lazy dog while seven bright stars watch the quiet "
+    "river carry small boats past the old mill and the wind moves softly through tall grass"
+).split()
 
 
 @dataclass
