@@ -116,7 +116,8 @@ def test_eye_conditions_equal_theirs(which, ditto_reference, their_image, fideli
     assert faces, "mediapipe finds the example face"
     m_o2c, _ = mediapipe_crop(faces[0].landmarks, CropParameters())
     crop = warp_crop(image, m_o2c, CROP_SIZE)
-    landmarks = crop_eye_landmarks(crop, faces[0].landmarks)  # mediapipe on the crop, normalised 3-D
+    landmarks, by_mediapipe = crop_eye_landmarks(crop, faces[0].landmarks)  # mediapipe on the crop, 3-D
+    assert by_mediapipe
     assert np.abs(landmarks[:, 2]).max() > 0, "the landmarks are 3-D"
     eye_info = ditto_reference.module("core.utils.eye_info")
     attributes = eye_info.EyeAttrUtilsByMP(landmarks[None])

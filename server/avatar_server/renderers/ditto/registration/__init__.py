@@ -74,32 +74,45 @@ def _agrees(release: np.ndarray, fallback: np.ndarray) -> bool:
     return float(np.linalg.norm(a - b)) <= MAX_CENTRE_OFFSET * side_b * CROP_SIZE and ratio <= MAX_SIDE_RATIO
 
 
+EYES_FROM_AVATAR_LANDMARKS = "eye conditions from the avatar's 2-D landmarks (mediapipe missing, or no face in the crop)"
+
+
 class _CropLandmarker:
-    """One mediapipe FaceMesh for the eye conditions of every avatar (calls are serialised inside)."""
+    """One mediapipe FaceMesh for the eye conditions of every avatar (calls are serialised inside);
+    None where mediapipe is not installed (a bare GPU machine), said once in the log."""
 
     _instance = None
+    _missing = False
     _lock = threading.Lock()
 
     @classmethod
     def get(cls):
         with cls._lock:
-            if cls._instance is None:
-                from avatar_server.avatars.landmarks import MediaPipeFaceLandmarker
+            if cls._instance is None and not cls._missing:
+                try:
+                    from avatar_server.avatars.landmarks import MediaPipeFaceLandmarker
 
-                cls._instance = MediaPipeFaceLandmarker(max_faces=1)
+                    cls._instance = MediaPipeFaceLandmarker(max_faces=1)
+                except ModuleNotFoundError as error:
+                    cls._missing = True
+                    log.warning("ditto registration: %s (%s); the avatar registry's 2-D landmarks stand in, "
+                                "so the eye-ball condition's z is 0", EYES_FROM_AVATAR_LANDMARKS, error)
             return cls._instance
 
 
-def crop_eye_landmarks(crop: np.ndarray, fallback_pixels: np.ndarray) -> np.ndarray:
-    """Mediapipe's normalised (478, 3) landmarks of a 512 crop; when it finds no face there, the
-    registry's landmarks moved into the crop (x / w, y / h, z = 0), with a warning."""
-    faces = _CropLandmarker.get().detect(crop)
+def crop_eye_landmarks(crop: np.ndarray, fallback_pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Mediapipe's normalised (478, 3) landmarks of a 512 crop, and True; when mediapipe is missing
+    or finds no face there, the registry's landmarks moved into the crop (x / w, y / h, z = 0) and
+    False (logged)."""
+    landmarker = _CropLandmarker.get()
+    faces = landmarker.detect(crop) if landmarker is not None else []
     if faces and faces[0].normalised is not None:
-        return faces[0].normalised
-    log.warning("mediapipe found no face in the Ditto crop; eye conditions from the avatar's 2-D landmarks")
+        return faces[0].normalised, True
+    if landmarker is not None:
+        log.warning("mediapipe found no face in the Ditto crop; eye conditions from the avatar's 2-D landmarks")
     flat = np.zeros((len(fallback_pixels), 3), np.float32)
     flat[:, :2] = fallback_pixels / np.array([crop.shape[1], crop.shape[0]], np.float32)
-    return flat
+    return flat, False
 
 
 class Registrar:
@@ -125,11 +138,11 @@ class Registrar:
             else:
                 transforms, path = release, RELEASE_PATH
         crops = np.stack([warp_crop(frame, m_o2c, CROP_SIZE) for frame, (m_o2c, _) in zip(frames, transforms)])
-        eye_points = np.stack([
-            crop_eye_landmarks(crop, transform_points(points[:, :2], m_o2c))
-            for crop, points, (m_o2c, _) in zip(crops, landmarks, transforms)
-        ])
-        eye_open, eye_ball = eye_conditions(eye_points)
+        found = [crop_eye_landmarks(crop, transform_points(points[:, :2], m_o2c))
+                 for crop, points, (m_o2c, _) in zip(crops, landmarks, transforms)]
+        eye_open, eye_ball = eye_conditions(np.stack([points for points, _ in found]))
+        if not all(by_mediapipe for _, by_mediapipe in found):
+            path = f"{path.split('; eye conditions')[0]}; {EYES_FROM_AVATAR_LANDMARKS}"
         return RegisteredFrames(np.stack([m_c2o for _, m_c2o in transforms]).astype(np.float32), crops,
                                 eye_open, eye_ball, path)
 
