@@ -13,7 +13,7 @@ WEB_PORT  ?= 7135
 # install the CUDA build of their choice instead (see checkpoints/README.md).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: settings-doc run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
+.PHONY: fidelity device-carry example-analysis settings-doc run server test test-fast bench bench-gpu loadtest soak drift scaleout engines standin stubs venv dev-venv system-deps clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,17 +38,18 @@ $(STUBS): $(PROTO)
 stubs: $(STUBS)
 
 # Service (gRPC :50051) and web bridge (http://localhost:7135) on embedded
-# defaults: echo LLM, espeak-ng TTS, CPU lip-sync renderer. Auth is switched off
-# explicitly because this is a local run; see README "Security and operations".
+# defaults: echo LLM, espeak-ng TTS, CPU lip-sync renderer. Both listen on
+# loopback only, which is why auth can be switched off for this local run; to
+# expose them see docs/web.md "Exposing it" and README "Security and operations".
 run: venv stubs
-	@echo "gRPC on localhost:$(GRPC_PORT), player on http://localhost:$(WEB_PORT)"
+	@echo "gRPC on 127.0.0.1:$(GRPC_PORT), player on http://127.0.0.1:$(WEB_PORT) (this machine only)"
 	@trap 'kill $$server $$web 2>/dev/null; wait' INT TERM; \
-	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT) & server=$$!; \
-	$(VENV)/bin/avatar-web --port $(WEB_PORT) --grpc localhost:$(GRPC_PORT) & web=$$!; \
+	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --host 127.0.0.1 --port $(GRPC_PORT) & server=$$!; \
+	$(VENV)/bin/avatar-web --host 127.0.0.1 --port $(WEB_PORT) --grpc 127.0.0.1:$(GRPC_PORT) & web=$$!; \
 	wait
 
 server: venv stubs
-	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --port $(GRPC_PORT)
+	AVATAR_AUTH_DISABLED=$${AVATAR_AUTH_DISABLED:-true} $(VENV)/bin/avatar-server --host 127.0.0.1 --port $(GRPC_PORT)
 
 # System tools the tests use: ffmpeg (independent decoder), chromium (player),
 # redis and nginx (scale-out), a CJK font (Korean in the player). Installed with apt-get when run as root.
@@ -67,6 +68,11 @@ system-deps:
 
 test: dev-venv stubs system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Ditto fidelity harness: our pipeline stage by stage against the authors' code (DITTO_REFERENCE,
+# default ../shared/reference/ditto-talkinghead) on full-size stand-in weights; `make test` runs it too.
+fidelity: dev-venv stubs
+	$(PY) -m pytest -q -p no:cacheprovider tests/fidelity
 
 test-fast: dev-venv stubs
 	$(PY) -m pytest -q -m "not browser and not slow"
@@ -102,6 +108,16 @@ standin: dev-venv
 # TensorRT engines from the official ONNX files, for this machine's GPU (TensorRT 10+).
 engines: dev-venv
 	$(PY) -m avatar_server.renderers.ditto.build_engines --checkpoints $${CHECKPOINTS:-checkpoints}
+
+# .device-carry/: what the GPU machine lacks to run the service (see bench/RESULTS.md
+# "How to run on the device"); needs network (PyPI, Debian) here.
+device-carry: venv stubs
+	$(PY) bench/device/prepare.py
+
+# example/analysis.npz: the built-in avatar's face analysis (MediaPipe), shipped so a machine
+# without the face landmarker serves the example; a test checks it is current.
+example-analysis: venv stubs
+	$(PY) example/make_analysis.py
 
 # docs/configuration.md's settings table, generated from server/avatar_server/settings.py.
 settings-doc: venv

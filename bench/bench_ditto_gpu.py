@@ -43,7 +43,7 @@ def settings(args: argparse.Namespace, **overrides) -> Settings:
     """The service settings DittoRenderer reads, for this benchmark."""
     values = dict(
         checkpoints=Path(args.checkpoints), ditto_runtime="pytorch", ditto_device=args.device,
-        ditto_sampling_steps=args.steps, ditto_max_size=512, ditto_template_frames=1, ditto_overlap=10,
+        ditto_sampling_steps=args.steps, ditto_max_size=args.max_size, ditto_template_frames=1, ditto_overlap=10,
         ditto_stride=70, ditto_first_frames=args.first_frames, ditto_render_batch=args.render_batch, ditto_capacity_fps=1e9,
         ditto_compile=False, max_sessions=64,
     )
@@ -51,13 +51,20 @@ def settings(args: argparse.Namespace, **overrides) -> Settings:
     return load_settings(environment=False, **values)
 
 
-def avatars(cache: Path) -> list[AvatarAssets]:
-    """Two avatars of different sizes from skimage's astronaut (public domain)."""
+def avatars(cache: Path, side: int = 512) -> list[AvatarAssets]:
+    """Two avatars of different sizes from skimage's astronaut (public domain), upscaled to `side`
+    (e.g. 1920, to time paste-back and colour conversion at the authors' default output size)."""
+    import cv2
     from skimage import data
 
     image = data.astronaut()
     points = np.load(LANDMARKS)
-    crops = [(image, points), (np.ascontiguousarray(image[20:420, 60:460]), points - np.array([60, 20], np.float32))]
+    if side != image.shape[0]:
+        points = points * (side / image.shape[0])
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
+    k = side / 512
+    y0, y1, x0, x1 = (int(v * k) // 2 * 2 for v in (20, 420, 60, 460))
+    crops = [(image, points), (np.ascontiguousarray(image[y0:y1, x0:x1]), points - np.array([x0, y0], np.float32))]
     out = []
     for index, (frame, lm) in enumerate(crops):
         info = AvatarInfo(f"astronaut{index}", "astronaut", "image", frame.shape[1], frame.shape[0], 1,
@@ -131,8 +138,8 @@ def stage_costs(net, steps: int, batches: list[int]) -> dict:
     from avatar_server.renderers.ditto.putback import PasteBack, to_rgb24_async
 
     frames = (np.random.default_rng(0).random((1, 512, 512, 3)) * 255).astype(np.uint8)
-    affine = np.array([[[2.0, 0.0, -200.0], [0.0, 2.0, -60.0]]], np.float32)
-    paste = PasteBack.build(frames, affine, 512, dev)
+    crop_from_frame = np.array([[2.0, 0.0, -200.0], [0.0, 2.0, -60.0], [0.0, 0.0, 1.0]])
+    paste = PasteBack.build(frames, np.linalg.inv(crop_from_frame)[None].astype(np.float32), 512, dev)
     renders = torch.rand(16, 3, 512, 512, device=dev, dtype=net.dtype)
     index = torch.zeros(16, dtype=torch.int64, device=dev)
     ms = cuda_ms(lambda: to_rgb24_async(paste.paste(renders, index)))
@@ -298,6 +305,9 @@ def main() -> None:
     parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--compile-modules", action="store_true", help="compiled run: compile warp+decoder modules")
     parser.add_argument("--first-frames", type=int, default=10)
+    parser.add_argument("--avatar-side", type=int, default=512, help="side of the benchmark avatars (1920: full size)")
+    parser.add_argument("--max-size", type=int, default=512,
+                        help="longest output side (the authors' default is 1920; 512 as in earlier runs)")
     parser.add_argument("--hubert-large", action="store_true", help="time a HuBERT-large-shaped encoder")
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -321,7 +331,7 @@ def main() -> None:
         save()
 
     cache = Path("/tmp/ditto_bench_cache")
-    avatar_list = avatars(cache)
+    avatar_list = avatars(cache, args.avatar_side)
     sessions = [int(n) for n in args.sessions.split(",")]
 
     def engine_runs(label: str, engine: EngineOptions | None = None, **overrides):

@@ -29,12 +29,14 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parents[1])]
 
-from avatar.v1 import avatar_pb2 as pb  # noqa: E402
-from avatar.v1 import avatar_pb2_grpc as pb_grpc  # noqa: E402
-from conftest import free_port, start_service_process, stop_process  # noqa: E402
-from service_helpers import Conversation  # noqa: E402
+from avatar.v1 import avatar_pb2 as pb
+from avatar.v1 import avatar_pb2_grpc as pb_grpc
+from conftest import free_port, start_service_process, stop_process
+from service_helpers import Conversation
+
+from bench.proc_stats import cpu_seconds
 
 PROMPTS = [
     "Hello! Could you tell me what the weather is like today?",
@@ -42,14 +44,7 @@ PROMPTS = [
     "Please describe a quiet morning by the sea.",
     "How do trains stay on their tracks?",
 ]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_mib(pid: int) -> float:

@@ -1,8 +1,10 @@
 """Starts a real Redis, a real nginx gRPC balancer and avatar-server instances on loopback.
 
 Used by the scale-out benchmark and the scale-out tests: every part is the real
-program (redis-server, Debian's nginx, the `avatar-server` console script), each
-on a free loopback port, with its files in one temporary folder.
+program (redis-server, Debian's nginx, `avatar-server` as `python -m avatar_server`
+of this interpreter), each on a free loopback port, with its files in one temporary
+folder. Each part may be pinned to CPUs of its own (`cpus`, a taskset list such as
+"4-7"), so a benchmark's parts do not compete for cores.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ def wait_for_port(port: int, *, timeout_s: float, process: subprocess.Popen | No
 
 def missing_programs() -> list[str]:
     """Which of redis-server and nginx are not installed."""
-    return [name for name in ("redis-server", "nginx") if _which(name) is None]
+    return [name for name in ("redis-server", "nginx") if which_program(name) is None]
 
 
-def _which(name: str) -> str | None:
+def which_program(name: str) -> str | None:
+    """The program on PATH (the carried one first, on the GPU machine), else Debian's place."""
     return shutil.which(name) or next(
         (
             str(path)
@@ -59,6 +62,16 @@ def _which(name: str) -> str | None:
         ),
         None,
     )
+
+
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    """`argv` run on the CPUs listed in `cpus` (taskset's list format), or as is."""
+    if not cpus:
+        return argv
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise FileNotFoundError("taskset is not installed (util-linux); it pins processes to CPUs")
+    return [taskset, "--cpu-list", cpus, *argv]  # taskset execs argv: the pid stays the same
 
 
 def _launch_quiet(argv: list[str], port: int) -> subprocess.Popen:
@@ -85,21 +98,23 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    cpus: str | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        binary = _which("redis-server")
+        binary = which_program("redis-server")
         if binary is None:
             raise FileNotFoundError(
                 "redis-server is not installed (apt-get install -y redis-server)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = _launch_quiet(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
+            pinned([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
+                   self.cpus),
             self.port,
         )
         return self
@@ -121,8 +136,11 @@ def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path
     )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "avatar-grpc.conf").write_text(http_part)
+    # Run as root, nginx's workers would switch to its built-in user nobody:nogroup, which a
+    # bare machine may lack and which cannot use the caller's temporary folders: keep root.
+    workers_user = "user root root;\n" if os.geteuid() == 0 else ""
     main = f"""# Local run of deploy/nginx/avatar-grpc.conf.template (by bench/local_cluster.py).
-daemon off;
+{workers_user}daemon off;
 worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log info;
@@ -144,7 +162,7 @@ http {{
 
 def check_nginx_conf(conf: Path) -> subprocess.CompletedProcess:
     """`nginx -t` on a rendered config; the result's stderr says why it failed."""
-    binary = _which("nginx")
+    binary = which_program("nginx")
     if binary is None:
         raise FileNotFoundError("nginx is not installed (apt-get install -y nginx-light)")
     return subprocess.run(
@@ -172,6 +190,7 @@ class NginxBalancer:
     upstream_ports: list[int]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    cpus: str | None = None
 
     @property
     def target(self) -> str:
@@ -183,8 +202,8 @@ class NginxBalancer:
         if checked.returncode != 0:
             raise RuntimeError(f"nginx -t failed: {checked.stderr}")
         self.process = _launch_quiet(
-            [_which("nginx") or "nginx", "-c", str(conf), "-p", str(self.workdir),
-             "-e", str(self.workdir / "error.log")],
+            pinned([which_program("nginx") or "nginx", "-c", str(conf), "-p", str(self.workdir),
+                    "-e", str(self.workdir / "error.log")], self.cpus),
             self.port,
         )
         return self
@@ -207,6 +226,7 @@ class ServerInstance:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    cpus: str | None = None
 
     @property
     def target(self) -> str:
@@ -221,7 +241,9 @@ class ServerInstance:
         """Starts the process without waiting, so several instances load their models at once."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "AVATAR_INSTANCE_ID": self.instance_id}
-        command = [str(Path(sys.executable).with_name("avatar-server")), "--port", str(self.port)]
+        # This interpreter, not a console script: on a machine where the project is only on
+        # PYTHONPATH (the GPU machine's install, bench/device/) there is none.
+        command = pinned([sys.executable, "-m", "avatar_server", "--port", str(self.port)], self.cpus)
         self.log_path = self.workdir / f"{self.instance_id}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(

@@ -12,10 +12,16 @@ on a draining instance, nobody on the other instances disturbed, every
 reconnect resumed at the saved media clock).
 
 `load` measures completed turns per minute through the balancer with 1 and
-with 3 instances (CPU renderer) to show scaling; run it where there are cores.
+with 3 instances (CPU renderer, echo LLM: no fake server, no openai package) to show
+scaling; run it where there are cores, with `--pin` so the load generator, nginx,
+Redis and each instance get cores of their own (taskset): on 16 cores the generator
+0-1, nginx 2, Redis 3, the instances 4-7, 8-11, 12-15 (the one instance of the first
+run gets 4-7). It reports turns per minute, first-segment latency (message sent to the
+turn's first video segment) p50/p95, errors, and each process's CPU in the measured
+window, so a figure under target says where the time went (`--json`, `--markdown`).
 
-Parts: real redis-server, Debian's nginx with deploy/nginx's template, the
-`avatar-server` console script (echo-free: the language model is the FAKE
+Parts: real redis-server, Debian's nginx with deploy/nginx's template,
+`python -m avatar_server` (in the scenario the language model is the FAKE
 OpenAI-compatible server of tests/provider_servers.py, which records every
 request so the run can check which history each turn was answered with).
 """
@@ -26,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import signal
 import socket
 import statistics
@@ -35,18 +42,25 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "gen" / "python")]
 
-from avatar.v1 import avatar_pb2 as pb  # noqa: E402
-from avatar.v1 import avatar_pb2_grpc as pb_grpc  # noqa: E402
-from provider_servers import FakeOpenAIServer  # noqa: E402
+from avatar.v1 import avatar_pb2 as pb
+from avatar.v1 import avatar_pb2_grpc as pb_grpc
+from provider_servers import FakeOpenAIServer
 
-from bench.local_cluster import NginxBalancer, RedisServer, ServerInstance, missing_programs  # noqa: E402
+from bench.local_cluster import (
+    NginxBalancer,
+    RedisServer,
+    ServerInstance,
+    missing_programs,
+    which_program,
+)
+from bench.proc_stats import cpu_seconds, tree_cpu_seconds
 
 # Statuses after which a client reconnects with its session id: a draining
 # instance says UNAVAILABLE; a crashed one shows up through nginx as a reset
@@ -58,17 +72,13 @@ FILLER = (
 ).split()
 
 
-def instance_env(
-    redis_url: str, llm_url: str, workdir: Path, name: str, *, grace_s: float
-) -> dict[str, str]:
-    """One instance's settings: the redis store, the fake LLM, local espeak, the CPU renderer."""
+def instance_env(redis_url: str, workdir: Path, name: str, *, grace_s: float) -> dict[str, str]:
+    """One instance's settings: the redis store, local espeak, the CPU renderer (the language
+    model's settings are added by the caller)."""
     return {
         "AVATAR_AUTH_DISABLED": "true",
         "AVATAR_SESSION_STORE": "redis",
         "AVATAR_REDIS_URL": redis_url,
-        "AVATAR_LLM": "openai",
-        "AVATAR_OPENAI_BASE_URL": llm_url,
-        "AVATAR_OPENAI_API_KEY": "fake-key-for-the-local-fake-server",
         "AVATAR_TTS": "espeak",
         "AVATAR_RENDERER": "lipsync",
         "AVATAR_SHUTDOWN_GRACE_S": str(grace_s),
@@ -79,35 +89,114 @@ def instance_env(
     }
 
 
+@dataclass(frozen=True)
+class CpuPlan:
+    """The CPUs (taskset lists) each part of a run is pinned to, so no part takes another's
+    cores. `shared`: the machine has too few cores to give each part its own, so all share."""
+
+    generator: str
+    nginx: str
+    redis: str
+    instances: tuple[str, ...]
+    shared: bool
+
+
+def plan_cpus(cpu_count: int, instances: int, *, generator_cpus: int = 2) -> CpuPlan:
+    """The load generator on the first `generator_cpus` cores, nginx and Redis one each, and
+    the rest split evenly over `instances` (an instance keeps the same cores in every run)."""
+    first_instance_cpu = generator_cpus + 2
+    per_instance = (cpu_count - first_instance_cpu) // instances
+    if per_instance < 1:
+        every = f"0-{cpu_count - 1}"
+        return CpuPlan(every, every, every, (every,) * instances, shared=True)
+    return CpuPlan(
+        generator=f"0-{generator_cpus - 1}",
+        nginx=str(generator_cpus),
+        redis=str(generator_cpus + 1),
+        instances=tuple(
+            f"{start}-{start + per_instance - 1}"
+            for start in range(
+                first_instance_cpu, first_instance_cpu + per_instance * instances, per_instance
+            )
+        ),
+        shared=False,
+    )
+
+
+def cpu_set(cpus: str) -> set[int]:
+    """The CPUs of a taskset list such as "0-1,4"."""
+    chosen: set[int] = set()
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        chosen.update(range(int(low), int(high or low) + 1))
+    return chosen
+
+
+@dataclass(frozen=True)
+class Part:
+    """One process of a run, the CPUs it may use, and whether its children count with it."""
+
+    pid: int
+    cpus: str
+    with_children: bool
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.pid) if self.with_children else cpu_seconds(self.pid)
+
+
 class Cluster:
-    """Redis + fake LLM + N instances + nginx, all on loopback, torn down on exit."""
+    """Redis + N instances + nginx (+ the fake LLM unless the instances echo), all on loopback,
+    torn down on exit. With a `CpuPlan` every process runs on its own cores."""
 
     def __init__(
-        self, instances: int, *, grace_s: float = 30.0, token_delay_s: float = 0.03
+        self,
+        instances: int,
+        *,
+        grace_s: float = 30.0,
+        token_delay_s: float = 0.03,
+        llm: Literal["fake-openai", "echo"] = "fake-openai",
+        plan: CpuPlan | None = None,
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="avatar-scaleout-"))
         self.count = instances
         self.grace_s = grace_s
-        self.llm = FakeOpenAIServer(token_delay_s=token_delay_s)
-        self.redis = RedisServer(self.workdir / "redis")
+        self.plan = plan
+        # The fake records every request, so a scenario can check each turn's history; the
+        # echo LLM needs no server and no openai package (the load run on the GPU machine).
+        self.llm = FakeOpenAIServer(token_delay_s=token_delay_s) if llm == "fake-openai" else None
+        self.llm_env = (
+            {"AVATAR_LLM": "echo", "AVATAR_ECHO_TOKEN_DELAY_S": str(token_delay_s)}
+            if self.llm is None
+            else {}
+        )
+        self.redis = RedisServer(self.workdir / "redis", cpus=plan.redis if plan else None)
         self.instances: list[ServerInstance] = []
         self.balancer: NginxBalancer | None = None
 
     def __enter__(self) -> Cluster:
-        self.llm.start()
+        if self.llm is not None:
+            self.llm.start()
+            self.llm_env = {
+                "AVATAR_LLM": "openai",
+                "AVATAR_OPENAI_BASE_URL": self.llm.url,
+                "AVATAR_OPENAI_API_KEY": "fake-key-for-the-local-fake-server",
+            }
         self.redis.start()
         for index in range(1, self.count + 1):
             name = f"i{index}"
-            env = instance_env(
-                self.redis.url, self.llm.url, self.workdir, name, grace_s=self.grace_s
+            env = instance_env(self.redis.url, self.workdir, name, grace_s=self.grace_s)
+            cpus = self.plan.instances[index - 1] if self.plan else None
+            self.instances.append(
+                ServerInstance(name, self.workdir / "instances", {**env, **self.llm_env}, cpus=cpus)
             )
-            self.instances.append(ServerInstance(name, self.workdir / "instances", env))
         for instance in self.instances:  # start in parallel: each loads its models
             instance.start_process()
         for instance in self.instances:
             instance.wait_ready(timeout_s=180)
         self.balancer = NginxBalancer(
-            self.workdir / "nginx", [i.port for i in self.instances]
+            self.workdir / "nginx",
+            [i.port for i in self.instances],
+            cpus=self.plan.nginx if self.plan else None,
         ).start()
         return self
 
@@ -117,7 +206,24 @@ class Cluster:
         for instance in self.instances:
             instance.stop()
         self.redis.stop()
-        self.llm.stop()
+        if self.llm is not None:
+            self.llm.stop()
+
+    def parts(self) -> dict[str, Part]:
+        """Each process of the run: the load generator (this process alone, not the servers
+        it started), nginx with its workers, Redis and every instance."""
+        assert self.balancer is not None and self.balancer.process and self.redis.process
+        every = f"0-{(os.cpu_count() or 1) - 1}"
+        plan = self.plan
+        parts = {
+            "load generator": Part(os.getpid(), plan.generator if plan else every, False),
+            "nginx": Part(self.balancer.process.pid, plan.nginx if plan else every, True),
+            "redis": Part(self.redis.process.pid, plan.redis if plan else every, False),
+        }
+        for instance in self.instances:
+            assert instance.process is not None
+            parts[instance.instance_id] = Part(instance.process.pid, instance.cpus or every, False)
+        return parts
 
     @property
     def target(self) -> str:
@@ -179,6 +285,10 @@ class SessionLog:
     segments: int = 0
     media_seconds: float = 0.0  # speech (and video) produced by completed turns
     lost_segments_played: int = 0  # segments of turns lost in a crash that the player already had
+    turn_sent_at: float = 0.0  # when the running turn's message was (last) sent
+    first_segments: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # (arrival, seconds after the message was sent) of each turn's first video segment
 
 
 class SessionClient:
@@ -279,6 +389,7 @@ class SessionClient:
         """Runs one turn; on a stream end, reconnects (resending the turn if it did not finish)."""
         while True:
             self.log.sent.append((text, list(self.log.completed)))
+            self.log.turn_sent_at = time.monotonic()
             try:
                 await self.call.write(pb.ConverseRequest(message=pb.UserMessage(text=text)))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -311,6 +422,9 @@ class SessionClient:
                 self.log.in_flight_segments = 0
             elif kind == "video_segment":
                 segment = event.video_segment
+                if self.log.in_flight_segments == 0:
+                    now = time.monotonic()
+                    self.log.first_segments.append((now, now - self.log.turn_sent_at))
                 self.log.segments += 1
                 self.log.in_flight_segments += 1
                 if self.log.last_sequence >= 0 and segment.sequence != self.log.last_sequence + 1:
@@ -676,44 +790,203 @@ def _failures(
 
 
 async def run_load(args: argparse.Namespace) -> dict[str, Any]:
+    """Each instance count in turn: every session talks back to back through the balancer;
+    turns, first-segment latency, errors and each process's CPU in the measured window."""
+    cpu_count = os.cpu_count() or 1
+    plan = plan_cpus(cpu_count, max(args.instances_list)) if args.pin else None
+    if plan is not None:
+        os.sched_setaffinity(0, cpu_set(plan.generator))  # this process is the load generator
     results: dict[str, Any] = {
+        "machine": f"{platform.node()} {platform.machine()}, {cpu_count} cores, "
+        f"Python {platform.python_version()}",
+        "programs": {name: which_program(name) for name in ("redis-server", "nginx")},
         "sessions": args.sessions,
         "seconds": args.seconds,
-        "cpu_count": os.cpu_count(),
+        "warmup_seconds": args.warmup,
+        "words": args.words,
+        "cpu_count": cpu_count,
+        "cpu_plan": plan.__dict__ if plan else None,
     }
     for count in args.instances_list:
-        with Cluster(count, token_delay_s=0.0) as cluster:
-            reconnects: list[Reconnect] = []
-            clients = [
-                SessionClient(i, cluster.target, reconnects, words=args.words)
-                for i in range(args.sessions)
-            ]
-            await asyncio.gather(*(c.connect() for c in clients))
-            stop = asyncio.Event()
-            loops = [asyncio.create_task(converse_loop(c, stop, pause_s=0.0)) for c in clients]
-            await asyncio.sleep(args.warmup)
-            first = sum(len(c.log.completed) for c in clients)
-            first_media = sum(c.log.media_seconds for c in clients)
-            started = time.monotonic()
-            await asyncio.sleep(args.seconds)
-            turns = sum(len(c.log.completed) for c in clients) - first
-            media = sum(c.log.media_seconds for c in clients) - first_media
-            elapsed = time.monotonic() - started
-            stop.set()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-            results[f"{count}_instances"] = {
-                "turns": turns,
-                "turns_per_minute": round(turns * 60 / elapsed, 1),
-                # Seconds of speech video made per wall second: how many sessions could
-                # speak without pause in real time on this machine.
-                "media_seconds_per_second": round(media / elapsed, 2),
-                "spread": dict(Counter(c.log.instance for c in clients)),
-            }
+        results[f"{count}_instances"] = await _load_run(count, args, plan)
     if len(args.instances_list) >= 2:
         low, high = (results[f"{n}_instances"]["turns_per_minute"] for n in args.instances_list[:2])
         results["scaling"] = round(high / low, 2) if low else None
+    results["failures"] = _load_failures(results, args)
     return results
+
+
+async def _load_run(count: int, args: argparse.Namespace, plan: CpuPlan | None) -> dict[str, Any]:
+    with Cluster(count, token_delay_s=0.0, llm="echo", plan=plan) as cluster:
+        reconnects: list[Reconnect] = []
+        clients = [
+            SessionClient(i, cluster.target, reconnects, words=args.words)
+            for i in range(args.sessions)
+        ]
+        await asyncio.gather(*(c.connect() for c in clients))
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(converse_loop(c, stop, pause_s=0.0)) for c in clients]
+        await asyncio.sleep(args.warmup)
+        parts = cluster.parts()
+        cpu_before = {name: part.cpu_seconds() for name, part in parts.items()}
+        turns_before = sum(len(c.log.completed) for c in clients)
+        media_before = sum(c.log.media_seconds for c in clients)
+        started = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        ended = time.monotonic()
+        cpu_after = {name: part.cpu_seconds() for name, part in parts.items()}
+        turns = sum(len(c.log.completed) for c in clients) - turns_before
+        media = sum(c.log.media_seconds for c in clients) - media_before
+        stop.set()
+        ends = await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    elapsed = ended - started
+    latencies = [
+        seconds for c in clients for at, seconds in c.log.first_segments if started <= at <= ended
+    ]
+    return {
+        "turns": turns,
+        "turns_per_minute": round(turns * 60 / elapsed, 1),
+        # Seconds of speech video made per wall second: how many sessions could speak
+        # without pause in real time on these cores.
+        "media_seconds_per_second": round(media / elapsed, 2),
+        "first_segment_ms": _percentiles_ms(latencies),
+        "errors": dict(_load_errors(clients, reconnects, ends)),
+        "spread": dict(Counter(c.log.instance for c in clients)),
+        "cpu": {
+            name: _cpu_use(cpu_after[name] - cpu_before[name], part.cpus, elapsed)
+            for name, part in parts.items()
+        },
+    }
+
+
+def _percentiles_ms(seconds: list[float]) -> dict[str, float | int]:
+    if not seconds:
+        return {"count": 0}
+    ordered = sorted(seconds)
+
+    def at(fraction: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))])
+
+    return {"count": len(ordered), "p50": at(0.5), "p95": at(0.95), "max": at(1.0)}
+
+
+def _load_errors(
+    clients: list[SessionClient], reconnects: list[Reconnect], ends: list[object]
+) -> Counter:
+    """Everything that was not a completed turn: turn outcomes, stream ends, client failures."""
+    errors: Counter = Counter()
+    for client in clients:
+        for outcomes in client.log.outcomes.values():
+            errors.update(outcome for outcome in outcomes if outcome != "completed")
+        errors.update(f"lost in flight: {text}" for text in client.log.lost_in_flight)
+    errors.update(f"stream ended: {move.cause}" for move in reconnects)
+    errors.update(
+        f"client: {type(end).__name__}: {end}" for end in ends if isinstance(end, BaseException)
+    )
+    return errors
+
+
+def _cpu_use(cpu_s: float, cpus: str, elapsed: float) -> dict[str, Any]:
+    cores = len(cpu_set(cpus))
+    busy = cpu_s / elapsed
+    return {
+        "cpus": cpus,
+        "cpu_seconds": round(cpu_s, 1),
+        "cores_busy": round(busy, 3),
+        "share_of_its_cores": round(busy / cores, 2),
+    }
+
+
+def _load_failures(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The issue's targets this run missed: errors, and 3 instances under 2.5x one."""
+    failures = []
+    for count in args.instances_list:
+        run = results[f"{count}_instances"]
+        if run["errors"]:
+            failures.append(f"{count} instances: errors {run['errors']}")
+        if not run["turns"]:
+            failures.append(f"{count} instances: no turn completed in the measured window")
+    scaling = results.get("scaling")
+    if scaling is not None and scaling < args.target_scaling:
+        failures.append(
+            f"{args.instances_list[1]} instances gave {scaling}x the turns per minute of "
+            f"{args.instances_list[0]} (target {args.target_scaling}x)"
+        )
+    return failures
+
+
+def where_it_goes(results: dict[str, Any], instance_counts: list[int]) -> list[str]:
+    """Plain statements on each run's CPU: which parts ran their cores full, and how busy the
+    instances were (the reading for a scaling figure below target)."""
+    lines = []
+    for count in instance_counts:
+        cpu = results[f"{count}_instances"]["cpu"]
+        full = [
+            f"{name} ({use['cores_busy']} of {len(cpu_set(use['cpus']))} cores)"
+            for name, use in cpu.items()
+            if use["share_of_its_cores"] >= 0.85
+        ]
+        instances = [use for name, use in cpu.items() if name.startswith("i")]
+        per_instance = sum(use["cores_busy"] for use in instances) / len(instances)
+        lines.append(
+            f"{count} instance(s): "
+            + (f"at their CPU limit: {', '.join(full)}" if full else "no part at its CPU limit")
+            + f"; each instance kept {per_instance:.2f} cores busy on average"
+        )
+    return lines
+
+
+def load_markdown(results: dict[str, Any], instance_counts: list[int]) -> str:
+    """The load run as markdown: figures per instance count, CPU per process, the reading."""
+    plan = results["cpu_plan"]
+    lines = [
+        "# Scale-out load through nginx",
+        "",
+        f"- machine: {results['machine']}",
+        (
+            f"- {results['sessions']} sessions, turns back to back, {results['words']} words each; "
+            f"{results['seconds']:g} s measured after {results['warmup_seconds']:g} s of warm-up"
+        ),
+        "- cores: "
+        + (
+            "not pinned (every process on every core)"
+            if plan is None
+            else f"load generator {plan['generator']}, nginx {plan['nginx']}, redis {plan['redis']}, "
+            f"instances {', '.join(plan['instances'])}"
+            + (" (shared: too few cores)" if plan["shared"] else "")
+        ),
+        f"- programs: {results['programs']}",
+        "",
+        "| instances | turns/min | media s per s | first segment p50 / p95 (ms) | errors | spread |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for count in instance_counts:
+        run = results[f"{count}_instances"]
+        latency = run["first_segment_ms"]
+        lines.append(
+            f"| {count} | {run['turns_per_minute']} | {run['media_seconds_per_second']} | "
+            f"{latency.get('p50', '-')} / {latency.get('p95', '-')} | "
+            f"{sum(run['errors'].values()) or 0} | {run['spread']} |"
+        )
+    if results.get("scaling") is not None:
+        lines += ["", f"**Scaling: {results['scaling']}x** (target 2.5x)"]
+    lines += ["", "CPU in the measured window (cores busy = CPU seconds / wall seconds):", ""]
+    lines += [
+        "| instances | process | cpus | cores busy | share of its cores |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for count in instance_counts:
+        for name, use in results[f"{count}_instances"]["cpu"].items():
+            lines.append(
+                f"| {count} | {name} | {use['cpus']} | {use['cores_busy']} | {use['share_of_its_cores']} |"
+            )
+    lines += ["", *(f"- {line}" for line in where_it_goes(results, instance_counts))]
+    for count in instance_counts:
+        if errors := results[f"{count}_instances"]["errors"]:
+            lines += ["", f"Errors with {count} instance(s): `{errors}`"]
+    lines += ["", *(f"- FAILED: {failure}" for failure in results["failures"])]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- main
@@ -740,6 +1013,15 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--words", type=int, default=10)
     load.add_argument("--seconds", type=float, default=60.0)
     load.add_argument("--warmup", type=float, default=10.0)
+    load.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the load generator, nginx, redis and each instance to cores of their own (taskset)",
+    )
+    load.add_argument(
+        "--target-scaling", type=float, default=2.5, help="the scaling figure to meet"
+    )
+    load.add_argument("--markdown", type=Path, help="also write the report as markdown here")
     for each in (scenario, load):
         each.add_argument("--json", type=Path, help="also write the report here")
         each.add_argument(
@@ -765,6 +1047,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+    if args.mode == "load":
+        markdown = load_markdown(report, args.instances_list)
+        print(markdown)
+        if args.markdown:
+            args.markdown.write_text(markdown)
     failures = report.get("failures", [])
     for failure in failures:
         print(f"FAILED: {failure}")

@@ -18,6 +18,8 @@ from avatar_server.core.frames import Frame
 from avatar_server.media.clip import encode_clip
 from avatar_server.renderers.lipsync.idle_motion import IdleMotion
 
+import make_analysis  # example/make_analysis.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 FPS = 25
 PERIOD_S = 8
@@ -45,6 +47,7 @@ def main() -> None:
     (HERE / "base.mp4").write_bytes(encode_clip(frames, FPS, crf=24, preset="slow"))
     for name in ("astronaut.png", "base.mp4"):
         print(f"{name}: {(HERE / name).stat().st_size} bytes")
+    make_analysis.main()  # the shipped analysis must describe the new bytes
 
 
 if __name__ == "__main__":

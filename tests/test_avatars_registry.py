@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import shutil
 from pathlib import Path
 
 import av
@@ -10,8 +12,15 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from avatar_server.avatars.analysis import analyse_faces, face_region_size, load_analysis, resized
 from avatar_server.avatars.landmarks import FaceDetection, MediaPipeFaceLandmarker
-from avatar_server.avatars.registry import AvatarRegistry
+from avatar_server.avatars.media_input import decode_media
+from avatar_server.avatars.registry import (
+    EXAMPLE_ANALYSIS,
+    EXAMPLE_DIR,
+    AvatarRegistry,
+    example_source,
+)
 from avatar_server.core.errors import AvatarError, InvalidInput, NotFound, StatusCode
 from avatar_server.core.frames import Frame
 from avatar_server.media.clip import encode_clip
@@ -30,6 +39,15 @@ class CountingLandmarker:
     def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
         self.calls += 1
         return self.inner.detect(rgb)
+
+
+class RefusingLandmarker:
+    """A stand-in landmarker (no detector) that fails the test if anything asks it for faces."""
+
+    layout = "mediapipe478"
+
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
+        raise AssertionError("the face landmarker was used")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +88,47 @@ async def test_the_builtin_astronaut_is_registered_once_and_cached(data_dir, med
     assert restarted.calls == 0, "a restart analysed the example again"
     assert await again.get("astronaut") == info
     assert [a.id for a in await again.list()][0] == "astronaut"
+
+
+def test_the_shipped_example_analysis_is_what_the_analyser_gives(mediapipe):
+    """example/analysis.npz (make example-analysis) still describes the example's bytes."""
+    data = example_source(EXAMPLE_DIR).read_bytes()
+    shipped = load_analysis(
+        EXAMPLE_DIR / EXAMPLE_ANALYSIS, source_sha256=hashlib.sha256(data).hexdigest()
+    )
+    assert shipped is not None, "example/analysis.npz is missing or was made from other bytes"
+    fresh = analyse_faces(decode_media(data, "").frames, mediapipe)
+    assert shipped.layout == fresh.layout
+    for name in ("landmarks", "boxes", "crop_box"):
+        np.testing.assert_allclose(getattr(shipped, name), getattr(fresh, name), atol=0.05, rtol=0)
+
+
+async def test_the_builtin_avatar_needs_no_landmarker_when_its_analysis_is_shipped(tmp_path):
+    registry = await started(tmp_path, RefusingLandmarker())
+    assets = await registry.load("astronaut")
+    data = example_source(EXAMPLE_DIR).read_bytes()
+    shipped = load_analysis(
+        EXAMPLE_DIR / EXAMPLE_ANALYSIS, source_sha256=hashlib.sha256(data).hexdigest()
+    )
+    frames = decode_media(data, "").frames
+    _, expected = resized(frames, shipped, face_region_size(frames.shape[2], frames.shape[1], shipped))
+    np.testing.assert_allclose(assets.landmarks, expected.landmarks, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(assets.crop_box, expected.crop_box, rtol=0, atol=1e-4)
+    assert assets.landmark_layout == shipped.layout
+
+
+async def test_an_example_changed_since_its_shipped_analysis_is_analysed_again(
+    tmp_path, mediapipe
+):
+    """The shipped file names the bytes it describes: another example is analysed afresh."""
+    example = tmp_path / "example"
+    example.mkdir()
+    shutil.copy(EXAMPLE_DIR / "astronaut.png", example)  # the portrait, not the video it describes
+    shutil.copy(EXAMPLE_DIR / EXAMPLE_ANALYSIS, example)
+    counting = CountingLandmarker(mediapipe)
+    registry = await started(tmp_path / "data", counting, example_dir=example)
+    info = await registry.get("astronaut")
+    assert counting.calls == 1 and info.source_type == "image" and info.frames == 1
 
 
 async def test_a_portrait_upload_is_analysed_stored_and_deduplicated(tmp_path, mediapipe):

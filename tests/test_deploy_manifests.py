@@ -25,8 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 KUBE = REPO / "deploy" / "kubernetes"
 VARIANTS = {"default": KUBE, "cpu": KUBE / "cpu", "gpu": KUBE / "gpu"}
 KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
-# Names the manifests set that another owner's settings do not have yet (see docs/deploy.md).
-AWAITED_SETTINGS = {"AVATAR_WEB_GRPC_API_KEY"}
 
 sys.path.insert(0, str(REPO))
 from bench.local_cluster import check_nginx_conf, missing_programs, render_nginx_conf  # noqa: E402
@@ -166,7 +164,7 @@ def test_server_env_names_are_real_settings(variant) -> None:
         "AVATAR_UPSTREAM_SERVERS",
         "AVATAR_RESOLVER",
     }  # nginx template's
-    assert used - known - AWAITED_SETTINGS == set()
+    assert used - known == set()
 
 
 def test_headless_service_and_pdb_select_every_server_pod(variant) -> None:
@@ -227,6 +225,60 @@ def test_balancer_renders_the_deploy_nginx_template(variant) -> None:
         for item in web["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert web_env["AVATAR_WEB_GRPC_TARGET"] == "avatar-balancer:50051"
+
+
+def _web_image_env() -> dict[str, str]:
+    """The AVATAR_WEB_* values of the web image's ENV instructions (comments left out)."""
+    text = (REPO / "deploy" / "docker" / "web.Dockerfile").read_text().replace("\\\n", " ")
+    instructions = [line for line in text.splitlines() if line.startswith("ENV ")]
+    return dict(re.findall(r"(AVATAR_WEB_[A-Z_]+)=(\S+)", " ".join(instructions)))
+
+
+def _web_container_env(docs: list[dict[str, Any]]) -> tuple[dict[str, str], list[dict]]:
+    """The web bridge's environment: the image's ENV, then the Deployment's values, with every
+    secret reference standing for a made-up secret of a valid length."""
+    env = _web_image_env()
+    web = next(
+        doc for doc in by_kind(docs, "Deployment") if doc["metadata"]["name"] == "avatar-web"
+    )
+    items = web["spec"]["template"]["spec"]["containers"][0]["env"]
+    for item in items:
+        env[item["name"]] = item.get("value", f"secret-{item['name'].lower()}-0123456789")
+    refs = [item["valueFrom"]["secretKeyRef"] for item in items if "valueFrom" in item]
+    return env, refs
+
+
+def test_the_web_bridge_of_the_manifests_starts_guarded_and_keyed(
+    variant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avatar_web.security import is_loopback_host, refuse_unsafe_exposure
+    from avatar_web.settings import WebSettings
+
+    _, docs = variant
+    env, refs = _web_container_env(docs)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = WebSettings()
+    refuse_unsafe_exposure(settings)  # would stop the pod at start
+    assert not is_loopback_host(settings.host)  # reachable through its Service
+    assert settings.access_token is not None and settings.grpc_api_key is not None
+    assert refs and not any(ref.get("optional") for ref in refs)  # a missing secret stops it
+
+
+def test_the_web_image_alone_refuses_to_serve_without_a_token(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avatar_web.security import UnsafeExposure, refuse_unsafe_exposure
+    from avatar_web.settings import WebSettings
+
+    image_env = _web_image_env()
+    assert image_env["AVATAR_WEB_HOST"] == "0.0.0.0"
+    for name, value in image_env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UnsafeExposure):
+        refuse_unsafe_exposure(WebSettings())
+    monkeypatch.setenv("AVATAR_WEB_ACCESS_TOKEN", "a-token-of-enough-length")
+    refuse_unsafe_exposure(WebSettings())
 
 
 def test_rendered_nginx_config_passes_nginx_t(tmp_path: Path) -> None:

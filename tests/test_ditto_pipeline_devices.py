@@ -44,7 +44,7 @@ def test_device_i420_is_within_one_level_of_the_encoders_conversion(kind: str) -
     # 402 rows: the chroma planes are not a whole number of rows of the (H * 3 // 2, W) array
     rgb = data.astronaut()[:402, 10:310] if kind == "photo" else \
         np.random.default_rng(3).integers(0, 256, (66, 98, 3), dtype=np.uint8)
-    images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+    images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()  # whole levels 0..255
     device = to_i420_async(torch.cat([images, images.flip(-1)]))
     assert device.shape == (2, rgb.shape[0] * 3 // 2, rgb.shape[1]) and device.dtype == torch.uint8
     for got, picture in zip(device.numpy(), (rgb, np.ascontiguousarray(rgb[:, ::-1]))):

@@ -17,7 +17,7 @@ from avatar_server.renderers.ditto.audio_features import (
     AudioChunker,
     chunk_features,
 )
-from avatar_server.renderers.ditto.avatar_prep import crop_affine, eye_features, mirror_index
+from avatar_server.renderers.ditto.avatar_prep import mirror_index
 from avatar_server.renderers.ditto.keypoints import (
     LIP_KEYPOINTS,
     MOTION_DIM,
@@ -35,7 +35,13 @@ from avatar_server.renderers.ditto.motion_diffusion import (
     smooth_frames,
     window_noise,
 )
-from avatar_server.renderers.ditto.putback import PasteBack, soft_square_mask
+from avatar_server.renderers.ditto.putback import PasteBack, release_mask
+from avatar_server.renderers.ditto.registration.crop import (
+    CropParameters,
+    crop_transform,
+    transform_points,
+)
+from avatar_server.renderers.ditto.registration.eyes import eye_conditions
 
 
 # ----- audio ------------------------------------------------------------------------------------
@@ -239,6 +245,7 @@ def _face_points(angle_deg: float, centre=(300.0, 250.0)) -> np.ndarray:
     points = rng.uniform(-60, 60, (478, 2))
     points[[33, 133]] = [[-40, -20], [-15, -20]]
     points[[263, 362]] = [[40, -20], [15, -20]]
+    points[[159, 145, 386, 374]] = [[-27.5, -22], [-27.5, -18], [27.5, -22], [27.5, -18]]  # mid-lids
     points[[13, 14]] = [[0, 40], [0, 44]]
     a = math.radians(angle_deg)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -248,9 +255,10 @@ def _face_points(angle_deg: float, centre=(300.0, 250.0)) -> np.ndarray:
 @pytest.mark.parametrize("angle", [0.0, 25.0, -40.0])
 def test_crop_is_upright_centred_and_holds_the_face(angle: float) -> None:
     points = _face_points(angle)
-    affine = crop_affine(points)
-    crop = points @ affine[:, :2].T + affine[:, 2]
-    eyes = (crop[[33, 133]].mean(0) + crop[[263, 362]].mean(0)) / 2
+    m_o2c, m_c2o = crop_transform(points, 512, CropParameters())
+    crop = transform_points(points, m_o2c)
+    np.testing.assert_allclose(transform_points(crop, m_c2o), points, atol=1e-2)
+    eyes = (crop[[33, 133, 159, 145]].mean(0) + crop[[263, 362, 386, 374]].mean(0)) / 2
     lips = crop[[13, 14]].mean(0)
     assert abs(eyes[0] - lips[0]) < 1e-3 and lips[1] > eyes[1]  # eyes straight above the lips
     assert crop.min() > 0 and crop.max() < 512
@@ -260,9 +268,14 @@ def test_crop_is_upright_centred_and_holds_the_face(angle: float) -> None:
 def test_eye_features_grow_with_open_lids() -> None:
     points = _face_points(0.0)
     points[[145, 159, 144, 160, 153, 158]] = [[-28, -18], [-28, -22], [-33, -18], [-33, -22], [-22, -18], [-22, -22]]
-    closed, _ = eye_features(points)
+    def conditions(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        normalised = np.concatenate([pixels / 512.0, np.zeros((len(pixels), 1))], axis=1)
+        opening, movement = eye_conditions(normalised[None])
+        return opening[0], movement[0]
+
+    closed, _ = conditions(points)
     points[[159, 160, 158], 1] -= 6
-    opened, movement = eye_features(points)
+    opened, movement = conditions(points)
     assert opened[0] > closed[0] and opened[1] == closed[1] and movement.shape == (6,)
 
 
@@ -272,7 +285,7 @@ def test_mirror_index_walks_forth_and_back() -> None:
 
 
 def test_soft_mask_is_one_inside_and_fades_to_the_edge() -> None:
-    mask = soft_square_mask(512)
+    mask = release_mask(512)
     assert mask[256, 256] == 1.0 and mask[0, 0] < 0.05 and np.all((mask >= 0) & (mask <= 1))
     assert mask[256, 5] < mask[256, 15] < mask[256, 40]
 
@@ -280,11 +293,11 @@ def test_soft_mask_is_one_inside_and_fades_to_the_edge() -> None:
 def test_paste_back_puts_the_render_where_the_crop_came_from() -> None:
     frame = np.zeros((1, 300, 400, 3), np.uint8)
     frame[..., 1] = 200
-    affine = np.array([[[512 / 200, 0, -100 * 512 / 200], [0, 512 / 200, -50 * 512 / 200]]], np.float32)
-    paste = PasteBack.build(frame, affine, 512, torch.device("cpu"))
+    crop_from_frame = np.array([[512 / 200, 0, -100 * 512 / 200], [0, 512 / 200, -50 * 512 / 200], [0, 0, 1]])
+    paste = PasteBack.build(frame, np.linalg.inv(crop_from_frame)[None].astype(np.float32), 512, torch.device("cpu"))
     render = torch.zeros(1, 3, 512, 512)
     render[:, 0] = 1.0  # pure red face
     out = paste.paste(render, torch.zeros(1, dtype=torch.int64))
     assert out.shape == (1, 3, 300, 400)
-    torch.testing.assert_close(out[0, :, 150, 200], torch.tensor([1.0, 0.0, 0.0]))  # crop centre
-    torch.testing.assert_close(out[0, :, 10, 10], torch.tensor([0.0, 200 / 255, 0.0]))  # outside the crop
+    torch.testing.assert_close(out[0, :, 150, 200], torch.tensor([255.0, 0.0, 0.0]))  # crop centre
+    torch.testing.assert_close(out[0, :, 10, 10], torch.tensor([0.0, 200.0, 0.0]))  # outside the crop

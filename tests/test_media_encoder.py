@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import av
@@ -171,6 +172,19 @@ def test_segments_carry_the_sample_clock_and_a_key_frame_first() -> None:
             audio_end += 1024 * len(audio)
     # AAC holds back the partial frame plus its one-frame look-ahead and the dropped priming.
     assert 2048 <= segments[-1].media_end - audio_end < 3072
+
+
+def test_the_cpu_meter_gets_the_encoding_threads_cpu_time_of_every_call() -> None:
+    readings: list[float] = []
+    encoder = make_encoder(cpu_meter=readings.append)
+    lengths = [25, 25]
+    began = time.thread_time()
+    encode_stream(encoder, lengths, 0, set(), click_track(sum(lengths) * SPF, [100, 9000]))
+    spent = time.thread_time() - began
+    assert len(readings) == sum(lengths) + len(lengths)  # every add_frame and finish_segment
+    assert all(reading >= 0 for reading in readings)
+    # x264 runs in this thread (threads=1): the meter counts part of this thread's time, never more.
+    assert 0 < sum(readings) <= spent + 1e-3
 
 
 def test_scene_cuts_inside_a_segment_make_no_key_frames() -> None:

@@ -30,8 +30,14 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.holding = asyncio.Event()
+        self.authorization: dict[str, set[str]] = {}  # method -> metadata values seen
+
+    def _note_key(self, method: str, context) -> None:
+        value = dict(context.invocation_metadata()).get("authorization", "")
+        self.authorization.setdefault(method, set()).add(value)
 
     async def GetServerInfo(self, request, context):
+        self._note_key("GetServerInfo", context)
         return avatar_pb2.ServerInfo(
             version="0-fake",
             limits=avatar_pb2.Limits(max_text_chars=MAX_TEXT),
@@ -46,6 +52,7 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
             )
 
     async def Converse(self, request_iterator, context):
+        self._note_key("Converse", context)
         config = (await anext(request_iterator)).config
         await self._open(config, context)
         session = config.session_id or "s-new"
@@ -64,6 +71,7 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
                 yield event
 
     async def Speak(self, request, context):
+        self._note_key("Speak", context)
         await self._open(request.config, context)
         if request.text == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tts provider down")
@@ -252,16 +260,18 @@ async def test_unknown_and_malformed_video_ids_are_json_404(client):
 
 async def test_access_token_guards_the_api(fake_service, tmp_path):
     _, target = fake_service
-    client = await bridge_client(target, tmp_path, access_token="s3cret")
+    token = "rest-token-0123456789"
+    client = await bridge_client(target, tmp_path, access_token=token)
     try:
         await error_of(await client.post("/api/chat", json={"message": "hi"}), 401)
         response = await client.post(
-            "/api/chat", json={"message": "hi"}, headers={"Authorization": "Bearer s3cret"}
+            "/api/chat", json={"message": "hi"}, headers={"Authorization": f"Bearer {token}"}
         )
         assert response.status == 200
         url = (await response.json())["video_url"]
         await error_of(await client.get(url), 401)
-        assert (await client.get(url + "?token=s3cret")).status == 200
+        await error_of(await client.get(url + "?token=wrong"), 401)
+        assert (await client.get(url + f"?token={token}")).status == 200
     finally:
         await client.close()
 
@@ -309,3 +319,17 @@ async def test_turn_past_the_bridge_timeout_is_504_and_frees_the_session(fake_se
         assert response.status == 200
     finally:
         await client.close()
+
+
+async def test_rest_turns_present_the_bridge_key_on_every_call(fake_service, tmp_path):
+    service, target = fake_service
+    client = await bridge_client(target, tmp_path, grpc_api_key="rest-key-0123456789")
+    try:
+        assert (await client.post("/api/chat", json={"message": "keyed"})).status == 200
+        assert (await client.post("/api/speak", json={"text": "keyed"})).status == 200
+        assert (await client.get("/api/health")).status == 200
+    finally:
+        await client.close()
+    assert service.authorization == {
+        method: {"Bearer rest-key-0123456789"} for method in ("GetServerInfo", "Converse", "Speak")
+    }

@@ -29,13 +29,21 @@ async def test_converse_turn_with_ditto_on_cpu_standins(data_dir, tiny_checkpoin
     async with running_service(data_dir, renderer="ditto", checkpoints=tiny_checkpoints,
                                ditto_runtime="pytorch", ditto_device="cpu",
                                ditto_sampling_steps=2, ditto_capacity_fps=1000.0,
-                               ditto_first_frames=5, ditto_stride=10, ditto_overlap=5) as service:
+                               ditto_first_frames=5, ditto_stride=10, ditto_overlap=5,
+                               ditto_template_frames=3) as service:  # a 200-frame prep is not this test's subject
         info = await service.stub.GetServerInfo(pb.GetServerInfoRequest())
         assert info.renderer == "ditto" and {m.runtime for m in info.models} >= {"pytorch"}
         talk = Conversation(service.stub, pb.SessionConfig())
         opening = await talk.until("video_init")
         started = opening[0].session_started
         assert started.renderer == "ditto"
+        info = await service.stub.GetServerInfo(pb.GetServerInfoRequest())
+        # Stand-ins carry the release's face models, whose random weights find no face like mediapipe's:
+        # the avatar falls back to mediapipe landmarks, and ServerInfo says so.
+        assert info.face_registration.startswith("release face models")
+        assert "mediapipe 478 landmarks" in info.face_registration
+        assert info.renderer_options["sampling_timesteps"] == "2 (setting AVATAR_DITTO_SAMPLING_STEPS)"
+        assert info.renderer_options["crop_scale"] == "2.3 (default)"
         talk.say("Hello from Ditto.")
         events = await talk.until("turn_completed", "error", timeout=600)
         assert events[-1].HasField("turn_completed"), events[-1]

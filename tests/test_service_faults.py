@@ -68,6 +68,9 @@ class FaultInjectingRenderer:
     def capacity_fps(self) -> float:
         return self.inner.capacity_fps()
 
+    def setup(self):  # type: ignore[no-untyped-def]
+        return self.inner.setup()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

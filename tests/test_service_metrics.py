@@ -76,6 +76,7 @@ async def test_metrics_endpoint_counts_sessions_turns_latencies_frames_and_error
     assert _value(during, "avatar_cancel_stop_seconds_count") == 1
     assert _value(during, "avatar_errors_total", stage="input", code="INVALID_ARGUMENT") == 1
     assert _value(during, "avatar_rendered_frames_total") >= completed.turn_completed.frames > 0
+    assert _value(during, "avatar_encode_cpu_seconds_total") > 0
     assert _value(during, "avatar_active_sessions") == 1
     assert _value(after, "avatar_active_sessions") == 0
     assert _value(after, "avatar_active_turns") == 0

@@ -1,4 +1,4 @@
-"""Bridge tests: the WebSocket protocol, bad input, access checks and bounded buffers.
+"""Bridge tests: the WebSocket protocol, bad input, access checks, the service key, bounded buffers.
 
 These run the real bridge app against FakeAvatarService, a TEST DOUBLE of the gRPC service
 (a real grpc.aio server on loopback that emits a valid, hand-made event sequence with fake media
@@ -13,7 +13,10 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 
+import aiohttp
 import grpc
 import grpc.aio
 import pytest
@@ -21,7 +24,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from avatar.v1 import avatar_pb2, avatar_pb2_grpc
 from avatar_web.app import create_app
-from avatar_web.keys import GRPC_CHANNEL, HUB, SETTINGS
+from avatar_web.keys import HUB, SETTINGS, UPSTREAM
 from avatar_web.outbox import Outbox, SlowConsumer
 from avatar_web.protocol import (
     MediaKind,
@@ -32,11 +35,16 @@ from avatar_web.protocol import (
     to_request,
     unpack_media,
 )
+from avatar_web.security import ACCESS_COOKIE, UnsafeExposure, cookie_value, refuse_unsafe_exposure
 from avatar_web.settings import WebSettings
+from avatar_web.upstream import Upstream
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 CLOCK_RATE = 16000
+TOKEN = "page-token-0123456789"
+SERVICE_KEY = "service-key-0123456789"
 
 
 class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
@@ -50,8 +58,17 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
         self.segments_sent = 0
         self.configs: list[avatar_pb2.SessionConfig] = []
         self.keep_alives = 0
+        self.two_keep_alives = asyncio.Event()
+        self.first_segment_sent = asyncio.Event()
+        self.stream_finished = asyncio.Event()
+        self.authorization: list[tuple[str, str]] = []  # (method, metadata value) per call
+
+    def _note_key(self, method: str, context) -> None:
+        metadata = dict(context.invocation_metadata())
+        self.authorization.append((method, metadata.get("authorization", "")))
 
     async def Converse(self, request_iterator, context):  # noqa: N802 (gRPC name)
+        self._note_key("Converse", context)
         queue: asyncio.Queue = asyncio.Queue()
 
         async def read() -> None:
@@ -83,6 +100,8 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
                 kind = request.WhichOneof("request")
                 if kind == "keep_alive":
                     self.keep_alives += 1
+                    if self.keep_alives >= 2:
+                        self.two_keep_alives.set()
                     yield avatar_pb2.ConverseResponse(
                         session_id=session_id, keep_alive=avatar_pb2.KeepAlive())
                 elif kind == "interrupt":
@@ -97,6 +116,7 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
         finally:
             reader.cancel()
             self.finished_streams += 1
+            self.stream_finished.set()
 
     def _turn(self, session_id: str, turn: str, text: str, with_init: bool):
         start = self.positions[session_id]
@@ -116,6 +136,7 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
                 width=64, height=64, fps=25))
         for i in range(self.segments_per_turn):
             self.segments_sent += 1
+            self.first_segment_sent.set()
             yield ev(span=avatar_pb2.MediaSpan(start=start + i * seg, end=start + (i + 1) * seg),
                      video_segment=avatar_pb2.VideoSegment(
                          data=bytes([i % 256]) * self.segment_bytes, sequence=i, frames=25,
@@ -127,7 +148,12 @@ class FakeAvatarService(avatar_pb2_grpc.AvatarServiceServicer):
                      media_seconds=float(self.segments_per_turn),
                      timings=avatar_pb2.TurnTimings(first_text_ms=12.5)))
 
+    async def GetServerInfo(self, request, context):  # noqa: N802
+        self._note_key("GetServerInfo", context)
+        return avatar_pb2.ServerInfo(version="0-fake", instance_id="fake-1")
+
     async def GetAvatarPreview(self, request, context):  # noqa: N802
+        self._note_key("GetAvatarPreview", context)
         if request.id not in ("", "fake"):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no avatar {request.id!r}")
         return avatar_pb2.AvatarPreview(
@@ -145,6 +171,13 @@ async def fake_service():
     service.target = f"127.0.0.1:{port}"
     yield service
     await server.stop(0)
+
+
+async def _eventually(condition, timeout: float = 10.0) -> None:
+    """Waits until `condition()` holds (state another task changes), failing after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def _client(settings: WebSettings) -> TestClient:
@@ -323,25 +356,167 @@ async def test_foreign_origins_are_refused_and_listed_ones_allowed(fake_service)
         await client.close()
 
 
-async def test_access_token_guards_websocket_and_media(fake_service):
-    client = await _client(WebSettings(grpc_target=fake_service.target, access_token="s3cret"))
+GUARDED_ROUTES = ("/", "/static/player.js", "/avatar/default/idle.mp4",
+                  "/avatar/fake/poster.jpg", "/api/videos/" + "0" * 32 + ".mp4")
+
+
+@pytest.fixture
+async def guarded(fake_service, tmp_path):
+    """The bridge with an access token, against the fake service."""
+    client = await _client(WebSettings(
+        grpc_target=fake_service.target, access_token=TOKEN, videos_dir=tmp_path / "videos"))
+    yield client
+    await client.close()
+
+
+async def test_without_the_token_every_route_but_health_is_401(guarded):
+    wrong = (
+        ({}, ""), ({"Authorization": "Bearer wrong-token-0123456789"}, ""), ({}, "?token=wrong"),
+        ({"Cookie": f"{ACCESS_COOKIE}={cookie_value(WebSettings(access_token='x' * 16))}"}, ""),
+    )
+    for path in GUARDED_ROUTES:
+        for headers, query in wrong:
+            response = await guarded.get(path + query, headers=headers, allow_redirects=False)
+            assert response.status == 401, (path, headers, query)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    api = await guarded.post("/api/chat", json={"message": "hi"})
+    assert api.status == 401 and (await api.json())["error"]["field"] == "token"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await guarded.ws_connect("/ws")
+    assert refused.value.status == 401
+    assert (await guarded.get("/healthz")).status == 200  # probes need no token
+    health = await guarded.get("/api/health")
+    assert health.status == 200 and (await health.json())["status"] == "ok"
+
+
+async def test_the_page_signs_in_once_with_the_token_then_rides_on_a_cookie(guarded):
+    form = await guarded.get("/")
+    assert form.status == 401 and form.content_type == "text/html"
+    assert 'name="token"' in await form.text()
+    assert "That token is not" in await (await guarded.get("/?token=nope")).text()
+
+    visit = await guarded.get(f"/?avatar=fake&token={TOKEN}&lang=ko-KR", allow_redirects=False)
+    assert visit.status == 303 and visit.headers["Location"] == "/?avatar=fake&lang=ko-KR"
+    cookie = visit.cookies[ACCESS_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/"
+    assert int(cookie["max-age"]) == 30 * 86400 and TOKEN not in cookie.value
+    # The client keeps the cookie, as a browser does: everything opens without the token.
+    page = await guarded.get("/?avatar=fake")
+    assert page.status == 200 and ACCESS_COOKIE in page.cookies  # kept fresh on each visit
+    for path in GUARDED_ROUTES[1:4]:
+        assert (await guarded.get(path)).status == 200, path
+    unknown_video = await guarded.get(GUARDED_ROUTES[4])
+    assert unknown_video.status == 404  # past the guard: the store has no such video
+    ws, session = await _open_session(guarded)
+    assert session["session_id"]
+    await ws.close()
+    # A cookie is sent by the browser on its own: another site's page may not use it to post.
+    foreign = await guarded.post("/api/chat", data=b"{}", headers={"Origin": "https://evil.example"})
+    assert foreign.status == 403 and (await foreign.json())["error"]["field"] == "origin"
+    own = await guarded.post("/api/chat", data=b"{}")
+    assert own.status == 400 and (await own.json())["error"]["field"] == "message"
+
+
+async def test_api_clients_use_the_bearer_header_or_the_query(guarded):
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    ws = await guarded.ws_connect("/ws", headers=bearer)
+    await _receive_json(ws, skip=())
+    await ws.close()
+    ws = await guarded.ws_connect(f"/ws?token={TOKEN}")
+    await _receive_json(ws, skip=())
+    await ws.close()
+    assert (await guarded.get("/avatar/default/idle.mp4", headers=bearer)).status == 200
+    media = await guarded.get(f"/avatar/default/idle.mp4?token={TOKEN}")
+    assert media.status == 200 and ACCESS_COOKIE not in media.cookies  # only the page sets it
+    page = await guarded.get("/", headers=bearer)
+    assert page.status == 200 and "Content-Security-Policy" in page.headers
+
+
+async def test_every_call_presents_the_bridge_key_to_the_service(fake_service, tmp_path):
+    client = await _client(WebSettings(grpc_target=fake_service.target, grpc_api_key=SERVICE_KEY,
+                                       videos_dir=tmp_path / "videos"))
     try:
-        assert (await client.get("/avatar/default/idle.mp4")).status == 401
-        assert (await client.get("/avatar/default/idle.mp4?token=wrong")).status == 401
-        assert (await client.get("/avatar/default/idle.mp4?token=s3cret")).status == 200
-        with pytest.raises(Exception) as refused:
-            await client.ws_connect("/ws")
-        assert "401" in str(refused.value)
-        ws = await client.ws_connect("/ws", headers={"Authorization": "Bearer s3cret"})
-        await _receive_json(ws, skip=())
+        ws, _ = await _open_session(client)
+        await ws.send_json({"type": "message", "text": "keyed"})
+        await _collect_turn(ws)
         await ws.close()
-        ws = await client.ws_connect("/ws?token=s3cret")
-        await _receive_json(ws, skip=())
-        await ws.close()
-        page = await client.get("/")
-        assert page.status == 200 and "Content-Security-Policy" in page.headers
+        assert (await client.get("/avatar/fake/poster.jpg")).status == 200
+        assert (await client.get("/api/health")).status == 200
+        health = await (await client.get("/healthz")).json()
+        assert health["grpc_key"] is True and health["grpc_tls"] is False
     finally:
         await client.close()
+    methods = {method for method, _ in fake_service.authorization}
+    assert {"Converse", "GetAvatarPreview", "GetServerInfo"} <= methods
+    assert {value for _, value in fake_service.authorization} == {f"Bearer {SERVICE_KEY}"}
+
+
+async def test_without_a_key_the_bridge_sends_no_authorization(bridge, fake_service):
+    ws, _ = await _open_session(bridge)
+    await ws.close()
+    assert fake_service.authorization and all(not v for _, v in fake_service.authorization)
+
+
+# ------------------------------------------------------------------ settings and exposure
+async def test_the_service_key_comes_from_a_file_without_its_newline(tmp_path):
+    key_file = tmp_path / "web-key"
+    key_file.write_text(SERVICE_KEY + "\n")
+    settings = WebSettings(grpc_api_key_file=key_file)
+    assert settings.grpc_api_key.get_secret_value() == SERVICE_KEY
+    upstream = Upstream(settings)
+    try:
+        assert SERVICE_KEY not in repr(upstream) + repr(settings) + str(settings)
+    finally:
+        await upstream.close()
+    with pytest.raises(ValidationError, match="not both"):
+        WebSettings(grpc_api_key=SERVICE_KEY, grpc_api_key_file=key_file)
+    (tmp_path / "blank").write_text("\n")
+    with pytest.raises(ValidationError, match="is empty"):
+        WebSettings(grpc_api_key_file=tmp_path / "blank")
+    with pytest.raises(ValidationError):
+        WebSettings(grpc_api_key_file=tmp_path / "missing")
+
+
+def test_a_short_access_token_is_refused_without_echoing_it():
+    with pytest.raises(ValidationError) as refused:
+        WebSettings(access_token="tiny-secret")
+    assert "tiny-secret" not in str(refused.value) and "16" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "public", "allowed"),
+    [
+        ("127.0.0.1", None, False, True),
+        ("::1", None, False, True),
+        ("localhost", None, False, True),
+        ("0.0.0.0", None, False, False),
+        ("::", None, False, False),
+        ("", None, False, False),
+        ("0.0.0.0", TOKEN, False, True),
+        ("0.0.0.0", None, True, True),
+    ],
+)
+def test_a_bridge_open_to_the_network_needs_a_token_or_public(host, token, public, allowed):
+    settings = WebSettings(host=host, access_token=token, public=public)
+    if allowed:
+        refuse_unsafe_exposure(settings)
+    else:
+        with pytest.raises(UnsafeExposure, match="AVATAR_WEB_ACCESS_TOKEN"):
+            refuse_unsafe_exposure(settings)
+
+
+def test_the_default_host_is_loopback():
+    assert WebSettings().host == "127.0.0.1"
+
+
+def test_the_cli_refuses_to_serve_everyone_without_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_WEB_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "avatar_web.cli", "--host", "0.0.0.0", "--port", "0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode != 0
+    assert "without an access token" in result.stderr and "--public" in result.stderr
 
 
 async def test_idle_loop_and_poster_are_served_with_ranges(bridge):
@@ -376,14 +551,14 @@ async def test_hub_broadcast_reaches_every_open_page(bridge):
         hub.broadcast({"no": "type"})
     await ws1.close()
     await ws2.close()
-    await asyncio.sleep(0.05)
-    assert len(hub) == 0
+    await _eventually(lambda: len(hub) == 0)
 
 
-async def test_app_exposes_settings_and_channel_keys(bridge):
+async def test_app_exposes_settings_and_upstream_keys(bridge):
     app = bridge.server.app
     assert isinstance(app[SETTINGS], WebSettings)
-    assert isinstance(app[GRPC_CHANNEL], grpc.aio.Channel)
+    assert isinstance(app[UPSTREAM], Upstream)
+    assert isinstance(app[UPSTREAM].channel, grpc.aio.Channel)
 
 
 async def test_resume_sends_the_session_id_and_reports_resumed(bridge, fake_service):
@@ -417,13 +592,20 @@ async def test_keep_alives_flow_upstream_on_the_heartbeat(fake_service):
     client = await _client(WebSettings(grpc_target=fake_service.target, heartbeat_s=0.2))
     try:
         ws, _ = await _open_session(client)
-        # Keep reading (the client answers the bridge's WebSocket pings only while it reads).
-        for t in range(7):
-            await asyncio.sleep(0.1)
-            await ws.send_json({"type": "ping", "t": t})
-            # keep-alive answers from the service are not relayed: the next frame is our pong
-            assert await _receive_json(ws) == {"type": "pong", "t": t}
-        assert fake_service.keep_alives >= 2
+        relayed = []
+
+        async def read() -> None:  # the client answers WebSocket pings only while it reads
+            while True:
+                relayed.append(await ws.receive())
+
+        reader = asyncio.create_task(read())
+        await asyncio.wait_for(fake_service.two_keep_alives.wait(), 10)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert relayed == []  # the service's keep-alive answers are not relayed to the page
+        await ws.send_json({"type": "ping", "t": 7})
+        assert await _receive_json(ws) == {"type": "pong", "t": 7}
         await ws.close()
     finally:
         await client.close()
@@ -479,7 +661,8 @@ async def test_outbox_blocks_then_gives_up_and_offers_drop_when_full():
     with pytest.raises(SlowConsumer):
         await box.put(b"z" * 60, timeout=0.05)
     waiter = asyncio.create_task(box.put(b"z" * 60, timeout=1))
-    await asyncio.sleep(0.01)
+    for _ in range(5):  # let it run up to where it waits for room
+        await asyncio.sleep(0)
     assert not waiter.done()
     assert await box.get() == b"x" * 60
     await asyncio.wait_for(waiter, 1)
@@ -519,8 +702,7 @@ async def test_a_stalled_browser_is_dropped_without_hurting_other_sessions(fake_
     try:
         stalled = await asyncio.to_thread(_raw_websocket, client.server.host, client.server.port)
         hub = client.server.app[HUB]
-        while fake_service.segments_sent == 0:
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(fake_service.first_segment_sent.wait(), 10)
         # While that page is stuck, another page gets its whole (smaller) turn promptly.
         fake_service.segments_per_turn = 4
         ws, _ = await _open_session(client)
@@ -530,17 +712,10 @@ async def test_a_stalled_browser_is_dropped_without_hurting_other_sessions(fake_
         assert sum(isinstance(f, tuple) for f in frames) == 5  # init + 4 segments
         assert fake_service.finished_streams == 0, "the stalled page is still waited for"
         # Then the stalled page is dropped: its stream cancelled early, its socket closed.
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if fake_service.finished_streams:
-                break
+        await asyncio.wait_for(fake_service.stream_finished.wait(), 30)
         assert fake_service.finished_streams == 1, "the stalled stream should be cancelled"
         assert fake_service.segments_sent < 64 + 4  # it ended early, not by running out
-        for _ in range(60):
-            if len(hub) == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert len(hub) == 1  # only the healthy page is left
+        await _eventually(lambda: len(hub) == 1)  # only the healthy page is left
         await ws.close()
         stalled.close()
     finally:

@@ -1,8 +1,9 @@
 """Acceptance: the player page in a real headless Chromium, via avatar-web, against avatar-server.
 
 The service is the real `avatar-server` subprocess on embedded defaults (echo LLM, espeak TTS,
-CPU lip-sync renderer; conftest's `service_process`), the bridge the real `avatar-web` process.
-Screenshots go to artifacts/web/.
+CPU lip-sync renderer) with authentication on, as in production; the bridge is the real
+`avatar-web` process presenting its own key and guarding the page with an access token (each
+browser context signs in by opening the page once with ?token=). Screenshots go to artifacts/web/.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, VENV_BIN, ServiceProcess, free_port, stop_process
+from conftest import (
+    REPO,
+    VENV_BIN,
+    ServiceProcess,
+    free_port,
+    start_service_process,
+    stop_process,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
 
@@ -32,6 +40,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TURN_TIMEOUT_MS = 90_000
+SERVICE_KEY = "player-service-key-0001"
+TOKEN = "player-page-token-0001"
 
 SNAPSHOT = """() => {
   const v = document.getElementById('live');
@@ -74,6 +84,24 @@ PIXELS = """() => {
 }"""
 
 
+# Whether the chat log's font draws Hangul: two syllables must give different, inked glyphs,
+# unlike two private-use code points, which draw the same missing-glyph box.
+HANGUL_GLYPHS = """() => {
+  const family = getComputedStyle(document.querySelector('#log li.avatar')).fontFamily;
+  const draw = (text) => {
+    const c = document.createElement('canvas');
+    c.width = 48; c.height = 48;
+    const g = c.getContext('2d', {willReadFrequently: true});
+    g.font = `32px ${family}`;
+    g.fillText(text, 4, 38);
+    return Array.from(g.getImageData(0, 0, 48, 48).data.filter((_, i) => i % 4 === 3)).join();
+  };
+  const an = draw('안'), nyeong = draw('녕'), tofu = draw('\\uE000');
+  return {inked: /[1-9]/.test(an) && /[1-9]/.test(nyeong), distinct: an !== nyeong,
+          notTofu: an !== tofu && nyeong !== tofu};
+}"""
+
+
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
@@ -88,8 +116,9 @@ class Bridge:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_target = grpc_target
-        self.env = dict(os.environ, AVATAR_WEB_HOST="127.0.0.1",
-                        AVATAR_WEB_VIDEOS_DIR=str(videos_dir))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_WEB_")}
+        self.env.update(AVATAR_WEB_VIDEOS_DIR=str(videos_dir), AVATAR_WEB_ACCESS_TOKEN=TOKEN,
+                        AVATAR_WEB_GRPC_API_KEY=SERVICE_KEY)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -115,8 +144,17 @@ class Bridge:
 
 
 @pytest.fixture(scope="module")
-def bridge(service_process: ServiceProcess, tmp_path_factory) -> Iterator[Bridge]:
-    bridge = Bridge(service_process.target, tmp_path_factory.mktemp("web-videos"))
+def secured_service(data_dir: Path) -> Iterator[ServiceProcess]:
+    """A real `avatar-server` that requires an API key on every call."""
+    service = start_service_process(
+        data_dir, env={"AVATAR_AUTH_DISABLED": "false", "AVATAR_API_KEYS": SERVICE_KEY})
+    yield service
+    stop_process(service.process)
+
+
+@pytest.fixture(scope="module")
+def bridge(secured_service: ServiceProcess, tmp_path_factory) -> Iterator[Bridge]:
+    bridge = Bridge(secured_service.target, tmp_path_factory.mktemp("web-videos"))
     bridge.start()
     yield bridge
     bridge.stop()
@@ -132,17 +170,27 @@ def browser() -> Iterator[object]:
         browser.close()
 
 
-def _open_page(browser, bridge: Bridge, query: str = "", viewport=(1100, 760)):
+def _new_page(browser, viewport=(1100, 760)):
     # bypass_csp lets Playwright's polling helpers run; the page itself keeps its strict CSP.
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
                                   bypass_csp=True)
-    page = context.new_page()
-    page.goto(f"{bridge.url}/{query}")
+    return context.new_page()
+
+
+def _open_page(browser, bridge: Bridge, query: str = "", viewport=(1100, 760)):
+    """A page signed in the way a user does it: one visit with ?token=, then the cookie."""
+    page = _new_page(browser, viewport)
+    page.goto(f"{bridge.url}/?token={TOKEN}{'&' + query if query else ''}")
+    assert "token=" not in page.url, "the token must leave the address bar"
+    _wait_ready(page)
+    return page
+
+
+def _wait_ready(page) -> None:
     page.wait_for_function("window.avatarPlayer && window.avatarPlayer.state.session !== null",
                            timeout=30_000)
     # The idle loop is showing (the page's load time; from here on nothing may be black).
     page.wait_for_function("document.getElementById('idle').readyState >= 2", timeout=30_000)
-    return page
 
 
 @pytest.fixture
@@ -234,7 +282,7 @@ def test_turn_streams_text_and_plays_video_with_captions_in_step(page):
     _wait_silent(page)
     end = page.evaluate(SNAPSHOT)
     assert end["screenSpeaking"] == "false" and end["paused"]
-    page.wait_for_timeout(400)
+    _wait_for(page, f"document.getElementById('idle').currentTime != {end['idleT']}")
     after = page.evaluate(SNAPSHOT)
     assert not after["idlePaused"] and after["idleT"] != idle_before, "idle loop is not playing"
     brightness.append(_brightness(page))
@@ -265,7 +313,7 @@ def test_interrupt_stops_the_avatar_at_once(page):
     page.wait_for_function("window.avatarPlayer.state.lastCancelled !== null", timeout=15_000)
     cancelled = page.evaluate("window.avatarPlayer.state.lastCancelled")
     assert cancelled["reason"] == "interrupted" and cancelled["turn_id"] == snap["turn"]["id"]
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(1000)  # not a stand-in for an event: nothing may move for a second
     later = page.evaluate(SNAPSHOT)
     assert later["paused"] and later["t"] == snap["t"] and not later["speaking"]
     assert page.get_attribute("#log li.avatar", "data-state") == "cancelled"
@@ -349,7 +397,7 @@ def test_a_refused_resume_starts_a_new_session_cleanly(page):
 
 
 def test_phone_width_and_korean_text(browser, bridge):
-    page = _open_page(browser, bridge, "?lang=ko-KR", viewport=(390, 844))
+    page = _open_page(browser, bridge, "lang=ko-KR", viewport=(390, 844))
     try:
         _say(page, "안녕하세요, 만나서 반갑습니다. Hello!")
         page.wait_for_function("document.querySelector('#log li.avatar')?.textContent"
@@ -359,10 +407,35 @@ def test_phone_width_and_korean_text(browser, bridge):
         layout = page.evaluate("""() => ({
             scroll: document.documentElement.scrollWidth, width: innerWidth,
             screen: document.getElementById('screen').getBoundingClientRect().width,
-            lang: document.documentElement.lang,
-            hangul: document.fonts.check('16px sans-serif', '안녕')})""")
+            lang: document.documentElement.lang})""")
         assert layout["scroll"] <= layout["width"], layout
         assert layout["screen"] > 300 and layout["lang"] == "ko"
+        glyphs = page.evaluate(HANGUL_GLYPHS)
+        assert glyphs["inked"], "Hangul drew nothing"
+        assert glyphs["distinct"], "two Hangul syllables drew the same glyph: no Korean font"
+        assert glyphs["notTofu"], "Hangul drew the missing-glyph box: no Korean font"
         _wait_silent(page)
+    finally:
+        page.context.close()
+
+
+def test_without_the_token_the_page_asks_for_it_and_signs_in(browser, bridge):
+    page = _new_page(browser)
+    try:
+        response = page.goto(f"{bridge.url}/?token=not-the-token")
+        assert response.status == 401 and page.text_content("#note").startswith("That token")
+        response = page.goto(f"{bridge.url}/")
+        assert response.status == 401 and page.locator("#token").count() == 1
+        assert page.evaluate("typeof window.avatarPlayer") == "undefined"  # no player served
+        page.fill("#token", TOKEN)
+        page.click("#open")
+        _wait_ready(page)
+        assert "token=" not in page.url
+        cookies = {c["name"]: c for c in page.context.cookies()}
+        assert cookies["avatar_web_access"]["httpOnly"] and TOKEN not in str(cookies)
+        _say(page, "Signed in.")
+        _wait_speaking(page)
+        _wait_silent(page)
+        assert not page.evaluate(SNAPSHOT)["errors"]
     finally:
         page.context.close()

@@ -30,7 +30,11 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     AVATAR_WEB_VIDEOS_DIR=/var/lib/avatar-web/videos \
-    AVATAR_WEB_GRPC_TARGET=avatar-balancer:50051
+    AVATAR_WEB_GRPC_TARGET=avatar-balancer:50051 \
+    AVATAR_WEB_HOST=0.0.0.0
+# Listening on all interfaces of the container, the bridge starts only with an access token
+# (AVATAR_WEB_ACCESS_TOKEN) or AVATAR_WEB_PUBLIC=true; give it the service's key too:
+#   docker run -e AVATAR_WEB_ACCESS_TOKEN=... -e AVATAR_WEB_GRPC_API_KEY=... avatar-web:0.1.0
 USER 10001
 WORKDIR /var/lib/avatar-web
 EXPOSE 7135

@@ -170,10 +170,14 @@ class DittoSettings(Group):
         "Device(s): auto (every visible CUDA device, else cpu), cpu, cuda, cuda:N, or a comma "
         "list such as cuda:0,cuda:1 (one engine and one weight copy per entry)",
     )
-    sampling_steps: int = setting(10, "LMDM DDIM sampling steps")
-    max_size: int = setting(512, "Largest side of the rendered avatar")
-    template_frames: int = setting(3, "Idle template frames used from a video avatar")
-    overlap: int = setting(10, "LMDM window frames cross-faded with the previous window")
+    # The next four override the checkpoints' cfg .pkl only when set; unset, the cfg's value (or,
+    # where the cfg has none, the default shown, the authors' code's) is used (docs/ditto.md).
+    sampling_steps: int = setting(50, "LMDM DDIM sampling steps (cfg sampling_timesteps unless set)")
+    max_size: int = setting(
+        1920, "Largest side of the rendered avatar, from its full-resolution upload (cfg max_size unless set; 512 for speed)"
+    )
+    template_frames: int = setting(-1, "Template frames used from a video avatar, -1 all (cfg template_n_frames unless set)")
+    overlap: int = setting(10, "LMDM window frames cross-faded with the previous window (cfg overlap_v2 unless set)")
     stride: int = setting(70, "Final frames per LMDM window (at most 80 - overlap)")
     first_frames: int = setting(10, "Frames of the short first window of a turn (latency)")
     render_batch: int = setting(16, "Largest warp+decode batch across sessions")

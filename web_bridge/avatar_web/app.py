@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -14,19 +12,21 @@ import grpc
 import grpc.aio
 from aiohttp import WSCloseCode, web
 from avatar.v1 import avatar_pb2
+from avatar_contract import rules
 
 from avatar_web.hub import Hub
-from avatar_web.keys import GRPC_CHANNEL, HUB, PREVIEWS, SETTINGS
+from avatar_web.keys import HUB, PREVIEWS, SETTINGS, UPSTREAM
 from avatar_web.previews import PreviewCache
 from avatar_web.relay import BrowserSession
-from avatar_web.security import require_access
+from avatar_web.rest import setup_rest
+from avatar_web.security import access_guard, origin_allowed
 from avatar_web.settings import WebSettings
+from avatar_web.upstream import Upstream, explain_credential_refusal
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MEDIA_URL = "/avatar"
-_AVATAR_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: web.HTTPNotFound,
     grpc.StatusCode.INVALID_ARGUMENT: web.HTTPBadRequest,
@@ -42,10 +42,10 @@ _PAGE_POLICY = (
 def create_app(settings: WebSettings | None = None) -> web.Application:
     """Builds the bridge; the gRPC channel opens on startup and closes on cleanup."""
     settings = settings or WebSettings()
-    app = web.Application()
+    app = web.Application(middlewares=[access_guard])
     app[SETTINGS] = settings
     app[HUB] = Hub()
-    app.cleanup_ctx.append(_grpc_channel)
+    app.cleanup_ctx.append(_upstream)
     app.on_shutdown.append(_close_websockets)
     app.router.add_get("/", _index)
     app.router.add_get("/ws", _websocket)
@@ -53,27 +53,25 @@ def create_app(settings: WebSettings | None = None) -> web.Application:
     app.router.add_get(MEDIA_URL + "/{avatar_id}/idle.mp4", _idle_loop)
     app.router.add_get(MEDIA_URL + "/{avatar_id}/poster.jpg", _poster)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
-    if importlib.util.find_spec("avatar_web.rest") is not None:
-        importlib.import_module("avatar_web.rest").setup_rest(app)
+    setup_rest(app)
     return app
 
 
-async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    """Opens the channel to the service (and warms the default preview); closes it at the end."""
     settings = app[SETTINGS]
-    limit = settings.grpc_max_message_bytes
-    channel = grpc.aio.insecure_channel(
-        settings.grpc_target,
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ],
-    )
-    app[GRPC_CHANNEL] = channel
-    app[PREVIEWS] = PreviewCache(channel, settings.preview_cache_entries)
-    warming = asyncio.create_task(app[PREVIEWS].warm())
-    yield
-    warming.cancel()
-    await channel.close()
+    upstream = app[UPSTREAM] = Upstream(settings)
+    app[PREVIEWS] = PreviewCache(upstream, settings.preview_cache_entries)
+    warming = asyncio.create_task(app[PREVIEWS].warm(), name="preview-warm")
+    try:
+        yield
+    finally:
+        warming.cancel()
+        try:
+            await warming
+        except asyncio.CancelledError:
+            pass  # stopped before it finished: nothing was fetched, nothing to report
+        await upstream.close()
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -88,38 +86,41 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
-    state = request.app[GRPC_CHANNEL].get_state(try_to_connect=True)
+    """The bridge's own state, for probes (open without a token; says nothing about users)."""
+    upstream = request.app[UPSTREAM]
     return web.json_response(
-        {"status": "ok", "grpc_target": request.app[SETTINGS].grpc_target,
-         "grpc_state": state.name, "connections": len(request.app[HUB])}
+        {"status": "ok", "grpc_target": upstream.target, "grpc_tls": upstream.tls,
+         "grpc_key": upstream.has_key, "grpc_state": upstream.state().name,
+         "connections": len(request.app[HUB])}
     )
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    require_access(request, settings, check_origin=True)
+    if not origin_allowed(request, settings):
+        raise web.HTTPForbidden(text="origin not allowed")
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s, max_msg_size=settings.max_frame_bytes, compress=False
     )
     await ws.prepare(request)
     session = BrowserSession(
-        request, ws, settings, request.app[GRPC_CHANNEL], request.app[HUB], MEDIA_URL
+        request, ws, settings, request.app[UPSTREAM], request.app[HUB], MEDIA_URL
     )
     await session.run()
     return ws
 
 
 async def _preview(request: web.Request) -> avatar_pb2.AvatarPreview:
-    settings = request.app[SETTINGS]
-    require_access(request, settings, check_origin=False)
     avatar_id = request.match_info["avatar_id"]
-    if not _AVATAR_ID.match(avatar_id):
+    if not rules.valid_name(avatar_id):
         raise web.HTTPBadRequest(text="bad avatar id")
     try:
         return await request.app[PREVIEWS].get("" if avatar_id == "default" else avatar_id)
     except grpc.aio.AioRpcError as exc:
-        log.info("preview of %r failed: %s", avatar_id, exc.code().name)
-        raise _HTTP_STATUS.get(exc.code(), web.HTTPBadGateway)(text=exc.details() or "") from None
+        code, details = exc.code(), exc.details() or ""
+        log.info("preview of %r failed: %s %s", avatar_id, code.name, details)
+        text = explain_credential_refusal(code, details) or details or code.name
+        raise _HTTP_STATUS.get(code, web.HTTPBadGateway)(text=text) from None
 
 
 async def _idle_loop(request: web.Request) -> web.Response:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Protocol
 
 from avatar_web.protocol import encode_json
+
+log = logging.getLogger(__name__)
 
 
 class Member(Protocol):
@@ -42,6 +46,11 @@ class Hub:
         return sum(member.offer(frame) for member in list(self._members))
 
     async def close_all(self, code: int, message: str) -> None:
-        """Closes every connection (on shutdown, so pages reconnect elsewhere)."""
-        for member in list(self._members):
-            await member.close(code, message)
+        """Closes every connection at once (on shutdown, so pages reconnect elsewhere)."""
+        members = list(self._members)
+        results = await asyncio.gather(
+            *(member.close(code, message) for member in members), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("closing a connection failed", exc_info=result)

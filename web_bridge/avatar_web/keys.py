@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import grpc.aio
 from aiohttp import web
 
 from avatar_web.hub import Hub
 from avatar_web.previews import PreviewCache
 from avatar_web.settings import WebSettings
+from avatar_web.upstream import Upstream
 
 SETTINGS = web.AppKey("settings", WebSettings)
-GRPC_CHANNEL = web.AppKey("grpc_channel", grpc.aio.Channel)  # set on startup
+UPSTREAM = web.AppKey("upstream", Upstream)  # set on startup
 HUB = web.AppKey("hub", Hub)
 PREVIEWS = web.AppKey("previews", PreviewCache)  # set on startup

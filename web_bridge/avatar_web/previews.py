@@ -7,7 +7,9 @@ import logging
 from collections import OrderedDict
 
 import grpc.aio
-from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+from avatar.v1 import avatar_pb2
+
+from avatar_web.upstream import Upstream, explain_credential_refusal
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +17,8 @@ log = logging.getLogger(__name__)
 class PreviewCache:
     """GetAvatarPreview results by avatar id ("" is the server's default avatar)."""
 
-    def __init__(self, channel: grpc.aio.Channel, entries: int, timeout_s: float = 30.0) -> None:
-        self._stub = avatar_pb2_grpc.AvatarServiceStub(channel)
+    def __init__(self, upstream: Upstream, entries: int, timeout_s: float = 30.0) -> None:
+        self._upstream = upstream
         self._entries = entries
         self._timeout = timeout_s
         self._cache: OrderedDict[str, avatar_pb2.AvatarPreview] = OrderedDict()
@@ -30,9 +32,7 @@ class PreviewCache:
         async with self._lock:  # one fetch at a time: previews are a few hundred kB
             if (hit := self._cache.get(avatar_id)) is not None:
                 return hit
-            preview = await self._stub.GetAvatarPreview(
-                avatar_pb2.GetAvatarPreviewRequest(id=avatar_id), timeout=self._timeout
-            )
+            preview = await self._upstream.avatar_preview(avatar_id, self._timeout)
             if self._entries:
                 # Keep it under its own id too: "" (default) and "astronaut" are the same avatar.
                 for key in {avatar_id, preview.avatar.id}:
@@ -42,8 +42,11 @@ class PreviewCache:
             return preview
 
     async def warm(self) -> None:
-        """Fetches the default avatar's preview ahead of the first page (errors are ignored)."""
+        """Fetches the default avatar's preview ahead of the first page; a failure is logged
+        (the first page asks again and reports it)."""
         try:
             await self.get("")
         except grpc.aio.AioRpcError as exc:
-            log.info("could not prefetch the default avatar preview: %s", exc.code().name)
+            if explain_credential_refusal(exc.code(), exc.details() or "") is None:
+                log.warning("could not prefetch the default avatar preview: %s %s",
+                            exc.code().name, exc.details())

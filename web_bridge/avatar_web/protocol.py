@@ -8,13 +8,14 @@ equal presentation seconds in the fragmented MP4 stream.
 from __future__ import annotations
 
 import json
-import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from avatar.v1 import avatar_pb2
+from avatar_contract import rules
 
 PROTOCOL_VERSION = 1
 MEDIA_HEADER = struct.Struct(">BBH")  # version, kind, header length
@@ -79,11 +80,6 @@ class Ping:
 
 ClientMessage = Hello | SendText | StopTurn | Ping
 
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{0,128}$")
-_TURN_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
-_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$|^$")
-
-
 def parse_client_message(raw: str, max_bytes: int) -> ClientMessage:
     """Parses one text frame from the page, raising ProtocolError with a precise reason."""
     size = len(raw.encode("utf-8", errors="surrogatepass"))
@@ -106,9 +102,9 @@ def parse_client_message(raw: str, max_bytes: int) -> ClientMessage:
         text = _str(data, "text", 1_000_000)
         if not text.strip():
             raise ProtocolError("invalid_field", "'text' must not be empty")
-        return SendText(text=text, turn_id=_matching(data, "turn_id", _TURN_ID))
+        return SendText(text=text, turn_id=_optional(data, "turn_id", rules.valid_turn_id))
     if kind == "interrupt":
-        return StopTurn(turn_id=_matching(data, "turn_id", _TURN_ID))
+        return StopTurn(turn_id=_optional(data, "turn_id", rules.valid_turn_id))
     if kind == "ping":
         t = data.get("t")
         if not (t is None or isinstance(t, (int, float, str))):
@@ -136,10 +132,10 @@ def _parse_hello(data: dict) -> Hello:
     ):
         raise ProtocolError("invalid_field", "'segment_seconds' must be a number from 0 to 10")
     return Hello(
-        session_id=_matching(data, "session_id", _ID),
-        avatar=_matching(data, "avatar", _ID),
-        voice=_str(data, "voice", 128),
-        language=_matching(data, "language", _LANGUAGE),
+        session_id=_optional(data, "session_id", rules.valid_session_id),
+        avatar=_optional(data, "avatar", rules.valid_name),
+        voice=_optional(data, "voice", rules.valid_name),
+        language=_optional(data, "language", rules.valid_language),
         fps=fps,
         segment_seconds=float(segment_seconds),
         pcm_audio=_bool(data, "pcm_audio", False),
@@ -160,10 +156,11 @@ def _str(data: dict, key: str, max_chars: int) -> str:
     return value
 
 
-def _matching(data: dict, key: str, pattern: re.Pattern[str]) -> str:
+def _optional(data: dict, key: str, valid: Callable[[str], bool]) -> str:
+    """An optional string field checked with a contract rule (avatar_contract.rules); "" = unset."""
     value = _str(data, key, 128)
-    if not pattern.match(value):
-        raise ProtocolError("invalid_field", f"{key!r} has characters that are not allowed")
+    if value and not valid(value):
+        raise ProtocolError("invalid_field", f"{key!r} is not in the allowed form")
     return value
 
 

@@ -17,24 +17,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import grpc.aio
 from aiohttp import web
-from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+from avatar.v1 import avatar_pb2
 from avatar_client.mp4 import RemuxError, remux_fragments
+from avatar_contract import rules
 
-from avatar_web.keys import GRPC_CHANNEL, HUB, SETTINGS
+from avatar_web.keys import HUB, SETTINGS, UPSTREAM
 from avatar_web.rest_errors import ApiError, error_from_status
 from avatar_web.rest_turn import TurnOutput, TurnRequest, run_chat_turn, run_speak_turn
-from avatar_web.security import token_valid
 from avatar_web.settings import WebSettings
+from avatar_web.upstream import Upstream, explain_credential_refusal
 from avatar_web.video_store import StoreLimits, VideoStore
 
 log = logging.getLogger(__name__)
 
-_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_NAME = re.compile(r"[A-Za-z0-9_.:@+-]{1,128}")
-_LANGUAGE = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*")
 _VIDEO_NAME = re.compile(r"([0-9a-f]{32})\.mp4")
 _SERVER_INFO_TTL_S = 30.0
 _HEALTH_TIMEOUT_S = 3.0
@@ -87,19 +84,21 @@ async def _speak(request: web.Request) -> web.Response:
 async def _answer(
     request: web.Request,
     text_field: str,
-    run_turn: Callable[[grpc.aio.Channel, TurnRequest], Awaitable[TurnOutput]],
+    run_turn: Callable[[Upstream, TurnRequest], Awaitable[TurnOutput]],
 ) -> web.Response:
-    """Validates, runs the turn (one at a time per session), publishes the video, answers."""
+    """Validates, runs the turn (one at a time per session), publishes the video, answers.
+
+    The access token was checked before this runs (security.access_guard).
+    """
     started = time.perf_counter()
     app = request.app
     try:
-        _check_token(request, app[SETTINGS])
         turn_request = _parse_body(await _read_body(request, app[SETTINGS]), text_field)
-        channel = app[GRPC_CHANNEL]
-        await _check_names(app, channel, turn_request)
+        upstream = app[UPSTREAM]
+        await _check_names(app, upstream, turn_request)
         async with _session_turn(app[REST_STATE], turn_request.session):
             async with asyncio.timeout(app[SETTINGS].rest_turn_timeout_s):
-                output = await run_turn(channel, turn_request)
+                output = await run_turn(upstream, turn_request)
         turn_ms = (time.perf_counter() - started) * 1000
         body = await _publish(app, output)
     except ApiError as exc:
@@ -113,10 +112,6 @@ async def _answer(
 
 async def _video(request: web.Request) -> web.StreamResponse:
     """The finished MP4; Range requests get 206 (aiohttp's FileResponse)."""
-    try:
-        _check_token(request, request.app[SETTINGS])
-    except ApiError as exc:
-        return exc.to_response()
     name = request.match_info["name"]
     match = _VIDEO_NAME.fullmatch(name)
     store = request.app[REST_STATE].store
@@ -136,19 +131,17 @@ async def _video(request: web.Request) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
-    """The bridge's view: is the service reachable, and what the video store holds."""
+    """The bridge's view: is the service reachable (with the bridge's key), and what the video
+    store holds. Open without a token, for probes."""
     state = request.app[REST_STATE]
     count, size = state.store.usage() if state.store is not None else (0, 0)
     body: dict[str, Any] = {"videos": {"count": count, "bytes": size}}
-    stub = avatar_pb2_grpc.AvatarServiceStub(request.app[GRPC_CHANNEL])
     try:
-        info = await stub.GetServerInfo(
-            avatar_pb2.GetServerInfoRequest(), timeout=_HEALTH_TIMEOUT_S
-        )
+        info = await request.app[UPSTREAM].server_info(_HEALTH_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
-        body.update(
-            status="unavailable", service={"error": exc.code().name, "message": exc.details()}
-        )
+        code, details = exc.code(), exc.details() or ""
+        message = explain_credential_refusal(code, details) or details
+        body.update(status="unavailable", service={"error": code.name, "message": message})
         return web.json_response(body, status=503)
     body.update(
         status="draining" if info.capacity.draining else "ok",
@@ -166,12 +159,6 @@ async def _health(request: web.Request) -> web.Response:
 
 
 # --- input ---------------------------------------------------------------------
-
-
-def _check_token(request: web.Request, settings: WebSettings) -> None:
-    """With an access token configured, calls need `Authorization: Bearer <token>` or ?token=."""
-    if not token_valid(request, settings):
-        raise ApiError(401, "missing or wrong access token", field="token")
 
 
 async def _read_body(request: web.Request, settings: WebSettings) -> bytes:
@@ -204,32 +191,31 @@ def _parse_body(raw: bytes, text_field: str) -> TurnRequest:
     return TurnRequest(
         text=text,
         text_field=text_field,
-        session=_optional(data, "session", _SESSION_ID),
-        avatar=_optional(data, "avatar", _NAME),
-        voice=_optional(data, "voice", _NAME),
-        language=_optional(data, "language", _LANGUAGE),
+        session=_optional(data, "session", rules.valid_session_id),
+        avatar=_optional(data, "avatar", rules.valid_name),
+        voice=_optional(data, "voice", rules.valid_name),
+        language=_optional(data, "language", rules.valid_language),
     )
 
 
-def _optional(data: dict, key: str, pattern: re.Pattern[str]) -> str:
+def _optional(data: dict, key: str, valid: Callable[[str], bool]) -> str:
+    """An optional string field checked with a contract rule; absent or empty is ""."""
     value = data.get(key)
     if value is None or value == "":
         return ""
     if not isinstance(value, str):
         raise ApiError(400, f"'{key}' must be a string", field=key)
-    if not pattern.fullmatch(value):
+    if not valid(value):
         raise ApiError(400, f"'{key}' has an invalid format", field=key)
     return value
 
 
-async def _check_names(
-    app: web.Application, channel: grpc.aio.Channel, request: TurnRequest
-) -> None:
+async def _check_names(app: web.Application, upstream: Upstream, request: TurnRequest) -> None:
     """Refuses oversized text (413) and voices the service does not offer (404) before any turn.
 
     Unknown avatars are refused by the service when the session opens (NOT_FOUND, mapped to 404).
     """
-    info = await _server_info(app, channel, request)
+    info = await _server_info(app, upstream, request)
     limit = info.limits.max_text_chars
     if limit and len(request.text) > limit:
         raise ApiError(
@@ -243,17 +229,14 @@ async def _check_names(
 
 
 async def _server_info(
-    app: web.Application, channel: grpc.aio.Channel, request: TurnRequest
+    app: web.Application, upstream: Upstream, request: TurnRequest
 ) -> avatar_pb2.ServerInfo:
     """The service's limits and voices, asked at most every few seconds."""
     state = app[REST_STATE]
     now = time.monotonic()
     if state.server_info is None or now - state.server_info_at > _SERVER_INFO_TTL_S:
-        stub = avatar_pb2_grpc.AvatarServiceStub(channel)
         try:
-            state.server_info = await stub.GetServerInfo(
-                avatar_pb2.GetServerInfoRequest(), timeout=10
-            )
+            state.server_info = await upstream.server_info(10.0)
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc, request) from None
         state.server_info_at = now

@@ -7,6 +7,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from avatar_web.upstream import explain_credential_refusal
+
 # gRPC status of a request that never got a turn going -> HTTP status.
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -101,7 +103,12 @@ def error_before_turn(
     text_field: str,
     named_fields: dict[str, str],
 ) -> ApiError:
-    """Maps a service error on a request whose turn never started (bad input, unknown, down)."""
+    """Maps a service error on a request whose turn never started (bad input, unknown, down).
+
+    A refusal of the bridge's own key is the bridge's fault, not the caller's: 502, saying so.
+    """
+    if (refused := explain_credential_refusal(code, message)) is not None:
+        return ApiError(502, refused, service_error=service_error(code, message, stage, retriable))
     status = _HTTP_STATUS.get(code, 502)
     field = _field_of(code, message, text_field, named_fields)
     if status == 400 and field == text_field and _says_too_long(message):

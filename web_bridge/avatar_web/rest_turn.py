@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
-from avatar.v1 import avatar_pb2, avatar_pb2_grpc
+from avatar.v1 import avatar_pb2
 
 from avatar_web.rest_errors import (
     ApiError,
@@ -18,6 +18,7 @@ from avatar_web.rest_errors import (
     error_midway,
     status_from_number,
 )
+from avatar_web.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,10 @@ class _Collector:
             named_fields=self.request.named_fields(),
         )
 
-    def rpc_error(self, exc: grpc.aio.AioRpcError) -> ApiError:
+    def rpc_error(self, code: grpc.StatusCode, details: str) -> ApiError:
         return error_from_status(
-            exc.code(),
-            exc.details() or "",
+            code,
+            details,
             turn_started=self.turn_started,
             text_field=self.request.text_field,
             named_fields=self.request.named_fields(),
@@ -132,14 +133,13 @@ class _Collector:
         return ApiError(502, "the service ended the stream before the turn completed")
 
 
-async def run_chat_turn(channel: grpc.aio.Channel, request: TurnRequest) -> TurnOutput:
+async def run_chat_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput:
     """One user message on a Converse stream that lives just for this turn.
 
     The writing side stays open until the turn is over (a half-close would tell the service
     the client left), then closes so the service can end the stream and keep the session.
     """
-    stub = avatar_pb2_grpc.AvatarServiceStub(channel)
-    call = stub.Converse()
+    call = upstream.converse()
 
     async def send_turn() -> None:
         await call.write(avatar_pb2.ConverseRequest(config=request.session_config()))
@@ -147,19 +147,23 @@ async def run_chat_turn(channel: grpc.aio.Channel, request: TurnRequest) -> Turn
             avatar_pb2.ConverseRequest(message=avatar_pb2.UserMessage(text=request.text))
         )
 
-    return await _collect(call, _Collector(request), before=send_turn, half_close=True)
+    return await _collect(
+        call, _Collector(request), upstream, before=send_turn, half_close=True
+    )
 
 
-async def run_speak_turn(channel: grpc.aio.Channel, request: TurnRequest) -> TurnOutput:
+async def run_speak_turn(upstream: Upstream, request: TurnRequest) -> TurnOutput:
     """The Speak rpc: the avatar says `request.text` as one turn, no language model."""
-    stub = avatar_pb2_grpc.AvatarServiceStub(channel)
-    call = stub.Speak(avatar_pb2.SpeakRequest(config=request.session_config(), text=request.text))
-    return await _collect(call, _Collector(request))
+    call = upstream.speak(
+        avatar_pb2.SpeakRequest(config=request.session_config(), text=request.text)
+    )
+    return await _collect(call, _Collector(request), upstream)
 
 
 async def _collect(
     call: grpc.aio.Call,
     collector: _Collector,
+    upstream: Upstream,
     *,
     before: Callable[[], Awaitable[None]] | None = None,
     half_close: bool = False,
@@ -180,7 +184,10 @@ async def _collect(
     except grpc.aio.AioRpcError as exc:
         if finished:
             return collector.output
-        raise collector.rpc_error(exc) from exc
+        code, details = exc.code(), exc.details() or ""
+        if not collector.output.session_id:  # nothing came back: see what hid the refusal
+            code, details = await upstream.refusal_behind(code, details)
+        raise collector.rpc_error(code, details) from exc
     finally:
         if not call.done():
             call.cancel()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,11 +19,13 @@ MAX_FACE_REGION = 512  # frames are scaled so the face crop is at most this many
 
 @dataclass(frozen=True)
 class FaceAnalysis:
-    """Per-frame landmarks (T, N, 2) and face boxes (T, 4), and one square crop x0, y0, x1, y1."""
+    """Per-frame landmarks (T, N, 2) and face boxes (T, 4), one square crop x0, y0, x1, y1,
+    and the landmark layout they follow (a key of `landmarks.LAYOUTS`)."""
 
     landmarks: np.ndarray
     boxes: np.ndarray
     crop_box: np.ndarray
+    layout: str
 
 
 def analyse_faces(frames: np.ndarray, landmarker: FaceLandmarker) -> FaceAnalysis:
@@ -64,6 +67,7 @@ def analyse_faces(frames: np.ndarray, landmarker: FaceLandmarker) -> FaceAnalysi
         landmarks=np.stack(landmarks).astype(np.float32),
         boxes=boxes_array,
         crop_box=square_crop(boxes_array, frames.shape[2], frames.shape[1]),
+        layout=landmarker.layout,
     )
 
 
@@ -96,8 +100,37 @@ def resized(
         return frames, analysis
     factor = np.array([size[0] / width, size[1] / height], np.float32)
     frames = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
-    return frames, FaceAnalysis(
+    return frames, replace(
+        analysis,
         landmarks=analysis.landmarks * factor,
         boxes=analysis.boxes * np.tile(factor, 2),
         crop_box=analysis.crop_box * np.tile(factor, 2),
     )
+
+
+def save_analysis(path: Path, analysis: FaceAnalysis, *, source_sha256: str) -> None:
+    """Writes `analysis` of the source with this SHA-256, for `load_analysis` to reuse."""
+    np.savez_compressed(
+        path,
+        source_sha256=np.array(source_sha256),
+        landmarks=analysis.landmarks,
+        boxes=analysis.boxes,
+        crop_box=analysis.crop_box,
+        layout=np.array(analysis.layout),
+    )
+
+
+def load_analysis(path: Path, *, source_sha256: str) -> FaceAnalysis | None:
+    """The analysis `save_analysis` wrote for exactly these source bytes; None if there is
+    none or it was made from other bytes (then the source must be analysed again)."""
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        if str(saved["source_sha256"]) != source_sha256:
+            return None
+        return FaceAnalysis(
+            landmarks=saved["landmarks"],
+            boxes=saved["boxes"],
+            crop_box=saved["crop_box"],
+            layout=str(saved["layout"]),
+        )

@@ -16,10 +16,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FaceDetection:
-    """One face: landmarks in image pixels (N, 2) float32 and their bounding box x0, y0, x1, y1."""
+    """One face: landmarks in image pixels (N, 2) float32 and their bounding box x0, y0, x1, y1;
+    `normalised` (N, 3) float32 is the detector's own output where it has one (mediapipe: x / w,
+    y / h, z / w), which Ditto's eye conditions are defined on."""
 
     landmarks: np.ndarray
     box: np.ndarray
+    normalised: np.ndarray | None = None
 
 
 class FaceLandmarker(Protocol):
@@ -156,11 +159,10 @@ class MediaPipeFaceLandmarker:
             result = self._mesh.process(np.ascontiguousarray(rgb))
         faces = []
         for face in result.multi_face_landmarks or ():
-            points = np.array(
-                [(p.x * width, p.y * height) for p in face.landmark], dtype=np.float32
-            )
+            normalised = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
+            points = (normalised[:, :2] * np.array([width, height], np.float32)).astype(np.float32)
             box = np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
-            faces.append(FaceDetection(landmarks=points, box=box))
+            faces.append(FaceDetection(landmarks=points, box=box, normalised=normalised))
         faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return faces
 

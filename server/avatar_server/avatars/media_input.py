@@ -54,9 +54,16 @@ def sniff(data: bytes) -> tuple[str, str] | None:
 
 
 def decode_media(
-    data: bytes, mime_type: str = "", *, size: tuple[int, int] | None = None
+    data: bytes,
+    mime_type: str = "",
+    *,
+    size: tuple[int, int] | None = None,
+    native: bool = False,
+    max_frames: int | None = None,
 ) -> DecodedMedia:
-    """The frames of an image or video upload, scaled to fit `MAX_SIDE` (even sizes) or to `size`.
+    """The frames of an image or video upload, scaled to fit `MAX_SIDE` (even sizes) or to `size`;
+    `native`: at the source's own size (a renderer that scales by its own rule). A video keeps its
+    first `max_frames` idle frames when given.
 
     Raises `InvalidInput` saying what is wrong with anything else.
     """
@@ -69,8 +76,8 @@ def decode_media(
         )
     source_type, extension = kind
     if source_type == "image":
-        return DecodedMedia(_decode_image(data, size)[None], 0.0, "image", extension)
-    frames, fps = _decode_video(data, size)
+        return DecodedMedia(_decode_image(data, size, native)[None], 0.0, "image", extension)
+    frames, fps = _decode_video(data, size, native, max_frames)
     return DecodedMedia(frames, fps, "video", extension)
 
 
@@ -84,7 +91,7 @@ def fitted_size(width: int, height: int) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
-def _decode_image(data: bytes, size: tuple[int, int] | None) -> np.ndarray:
+def _decode_image(data: bytes, size: tuple[int, int] | None, native: bool = False) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_SOURCE_PIXELS:
@@ -93,7 +100,7 @@ def _decode_image(data: bytes, size: tuple[int, int] | None) -> np.ndarray:
                     f"{MAX_SOURCE_PIXELS // 1_000_000} megapixels"
                 )
             image = ImageOps.exif_transpose(image).convert("RGB")
-            width, height = size or fitted_size(image.width, image.height)
+            width, height = image.size if native else size or fitted_size(image.width, image.height)
             if (width, height) != image.size:
                 image = image.resize((width, height), Image.Resampling.LANCZOS)
             return np.asarray(image, dtype=np.uint8).copy()
@@ -103,7 +110,9 @@ def _decode_image(data: bytes, size: tuple[int, int] | None) -> np.ndarray:
         raise InvalidInput(f"the image could not be decoded: {error}") from error
 
 
-def _decode_video(data: bytes, size: tuple[int, int] | None) -> tuple[np.ndarray, float]:
+def _decode_video(
+    data: bytes, size: tuple[int, int] | None, native: bool = False, max_frames: int | None = None
+) -> tuple[np.ndarray, float]:
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -114,13 +123,17 @@ def _decode_video(data: bytes, size: tuple[int, int] | None) -> tuple[np.ndarray
                 raise InvalidInput(
                     f"the video is {source_width}x{source_height} pixels; that is too large"
                 )
-            width, height = size or fitted_size(source_width, source_height)
+            width, height = (
+                (source_width, source_height) if native else size or fitted_size(source_width, source_height)
+            )
             fps = float(stream.average_rate or stream.guessed_rate or 25)
             if not 1 <= fps <= 120:
                 raise InvalidInput(f"the video's frame rate {fps:g} is not one we can play")
             step = max(1, math.ceil(fps / MAX_IDLE_FPS - 1e-6))
             fps /= step
             limit = int(round(MAX_IDLE_SECONDS * fps))
+            if max_frames is not None:
+                limit = min(limit, max_frames)
             resize = (
                 {}
                 if (width, height) == (source_width, source_height)

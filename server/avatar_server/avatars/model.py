@@ -35,7 +35,8 @@ class AvatarAssets:
     `cache_dir` is this avatar's folder; a renderer keeps what it derives from
     the avatar under `cache_dir / <renderer name>`. `crop_box` is a square
     x0, y0, x1, y1 (float32) around the face in every frame, for renderers that
-    work on a face crop; None where unknown.
+    work on a face crop; None where unknown. `source_path` is the upload as sent (full
+    resolution), for renderers that work from it (Ditto); None where there is none.
     """
 
     info: AvatarInfo
@@ -46,3 +47,4 @@ class AvatarAssets:
     face_boxes: np.ndarray
     cache_dir: Path
     crop_box: np.ndarray | None = None
+    source_path: Path | None = None

@@ -24,7 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatar_server.avatars.analysis import analyse_faces, face_region_size, resized
+from avatar_server.avatars.analysis import (
+    FaceAnalysis,
+    analyse_faces,
+    face_region_size,
+    load_analysis,
+    resized,
+)
 from avatar_server.avatars.landmarks import LAYOUTS, FaceLandmarker, MediaPipeFaceLandmarker
 from avatar_server.avatars.media_input import decode_media
 from avatar_server.avatars.model import AvatarAssets, AvatarInfo
@@ -36,11 +42,20 @@ log = logging.getLogger(__name__)
 
 BUILTIN_ID = "astronaut"
 EXAMPLE_DIR = Path(__file__).resolve().parents[3] / "example"
+EXAMPLE_ANALYSIS = "analysis.npz"  # the example's face analysis, shipped (example/make_analysis.py)
 _ID_PATTERN = re.compile(r"^(?:astronaut|av_[0-9a-f]{20})$")
 _MAX_NAME_CHARS = 100
 _LOADED_CACHE = 4
 _PREVIEW_FPS = 25
 _PREVIEW_SECONDS = 8.0
+
+
+def example_source(example_dir: Path) -> Path | None:
+    """The file the built-in avatar is made from: the idle video, else the portrait."""
+    for name in ("base.mp4", "astronaut.png"):
+        if (example_dir / name).is_file():
+            return example_dir / name
+    return None
 
 
 def _checked_id(avatar_id: str) -> str:
@@ -194,7 +209,7 @@ class AvatarRegistry:
         self, data: bytes, avatar_id: str, display_name: str, mime_type: str, builtin: bool
     ) -> Path:
         media = decode_media(data, mime_type)
-        analysis = analyse_faces(media.frames, self._face_landmarker())
+        analysis = self._face_analysis(media.frames, data, builtin)
         size = face_region_size(media.frames.shape[2], media.frames.shape[1], analysis)
         frames, analysis = resized(media.frames, analysis, size)
         width, height = size
@@ -219,7 +234,7 @@ class AvatarRegistry:
                 boxes=analysis.boxes,
                 crop_box=analysis.crop_box,
                 fps=np.float32(media.fps),
-                layout=np.array(self._face_landmarker().layout),
+                layout=np.array(analysis.layout),
             )
             record = asdict(info) | {
                 "created": info.created.isoformat(),
@@ -266,6 +281,7 @@ class AvatarRegistry:
             face_boxes=boxes,
             cache_dir=folder,
             crop_box=crop_box,
+            source_path=folder / record["source"],
         )
 
     def _write_preview(self, assets: AvatarAssets, clip_path: Path, poster_path: Path) -> None:
@@ -334,10 +350,19 @@ class AvatarRegistry:
         )
 
     def _example_source(self) -> Path | None:
-        for name in ("base.mp4", "astronaut.png"):
-            if (self._example_dir / name).is_file():
-                return self._example_dir / name
-        return None
+        return example_source(self._example_dir)
+
+    def _face_analysis(self, frames: np.ndarray, data: bytes, builtin: bool) -> FaceAnalysis:
+        """The example's shipped analysis when `data` are its bytes, so serving the built-in
+        avatar needs no face landmarker; otherwise the landmarker's analysis of `frames`."""
+        if builtin:
+            shipped = load_analysis(
+                self._example_dir / EXAMPLE_ANALYSIS, source_sha256=hashlib.sha256(data).hexdigest()
+            )
+            if shipped is not None:
+                log.info("built-in avatar: using the shipped face analysis %s", EXAMPLE_ANALYSIS)
+                return shipped
+        return analyse_faces(frames, self._face_landmarker())
 
     def _face_landmarker(self) -> FaceLandmarker:
         with self._landmarker_lock:

@@ -12,6 +12,9 @@ before its video; that audio goes out with the next segment.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -46,6 +49,9 @@ class SegmentEncoder:
 
     Blocking; call from a worker thread, one call at a time. An encoder made for a resumed
     session (`start_frame`, `start_sequence`) continues the earlier encoder's timeline.
+    `cpu_meter`, if given, is called with the CPU seconds each call spent in the calling
+    thread (colour conversion, x264, AAC): all of the encoder's work when `threads` is 1;
+    with more, x264's own worker threads are not in it.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class SegmentEncoder:
         threads: int = 1,
         start_frame: int = 0,
         start_sequence: int = 0,
+        cpu_meter: Callable[[float], None] | None = None,
     ) -> None:
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise EncodeError(f"video size must be positive and even, got {width}x{height}")
@@ -83,6 +90,7 @@ class SegmentEncoder:
         self._audio_packets_out = 0
         self._pending_video: list[fmp4.Sample] = []  # encoded frames of the segment being built
         self._closed = False
+        self._cpu_meter = cpu_meter
         self._init_segment, self.mime_type = self._describe_stream()
 
     def init_segment(self) -> bytes:
@@ -96,7 +104,8 @@ class SegmentEncoder:
         turn that is cancelled has at most one frame in the encoder. A frame that cannot be
         converted raises before anything reaches x264.
         """
-        self._encode_frame(self._convert(frame))
+        with self._metered():
+            self._encode_frame(self._convert(frame))
 
     @property
     def pending_frames(self) -> int:
@@ -111,7 +120,8 @@ class SegmentEncoder:
         video_samples, self._pending_video = self._pending_video, []
         first_frame = self._next_frame
         audio_start = self._audio_origin + self._audio_packets_out * AAC_FRAME_SAMPLES
-        audio_samples = self._encode_audio(pcm)
+        with self._metered():
+            audio_samples = self._encode_audio(pcm)
         spf = self.samples_per_frame
         data = fmp4.media_segment(
             self._next_sequence + 1,  # mfhd sequence numbers start at 1
@@ -149,6 +159,16 @@ class SegmentEncoder:
                 f"pcm has {len(pcm)} samples for {frames} frames; "
                 f"expected {frames * self.samples_per_frame}"
             )
+
+    @contextmanager
+    def _metered(self) -> Iterator[None]:
+        """Hands the CPU time of the enclosed work to `cpu_meter`."""
+        began = time.thread_time()
+        try:
+            yield
+        finally:
+            if self._cpu_meter is not None:
+                self._cpu_meter(time.thread_time() - began)
 
     def _convert(self, frame: Frame) -> av.VideoFrame:
         if self._closed:

@@ -8,8 +8,8 @@ transport, providers or gRPC.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +26,14 @@ class ModelDescription:
     runtime: str
     device: str
     precision: str
+
+
+@dataclass(frozen=True)
+class RendererSetup:
+    """How a renderer is set up, for ServerInfo: its avatar registration path and run options."""
+
+    face_registration: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)  # name -> "value (origin)"
 
 
 class RenderSession(Protocol):
@@ -77,6 +85,10 @@ class Renderer(Protocol):
 
     def capacity_fps(self) -> float:
         """Frames per second it can sustain in total; 0 if unknown."""
+        ...
+
+    def setup(self) -> RendererSetup:
+        """Its registration path and run options in use, for ServerInfo."""
         ...
 
     async def aclose(self) -> None:

@@ -35,6 +35,11 @@ class Metrics:
             "avatar_render_realtime_factor", "Render+encode seconds per media second",
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0), registry=r,
         )
+        self.encode_cpu = Counter(
+            "avatar_encode_cpu_seconds", "CPU seconds spent encoding (colour conversion, x264, AAC) "
+            "in the encoding threads; x264's own threads are not counted when encoder_threads > 1",
+            registry=r,
+        )
         self.send_queue = Gauge("avatar_send_queue_depth", "Events waiting to be sent, all sessions", registry=r)
 
     def serve(self, port: int, host: str) -> None:

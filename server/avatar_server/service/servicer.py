@@ -181,6 +181,7 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
     # --------------------------------------------------------------------- info
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         deps, settings = self.deps, self.deps.settings
+        setup = deps.renderer.setup()
         return pb.ServerInfo(
             version=__version__,
             renderer=deps.renderer.name,
@@ -204,4 +205,6 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             ),
             instance_id=deps.instance_id,
             default_avatar=deps.avatars.default_id,
+            face_registration=setup.face_registration,
+            renderer_options=dict(setup.options),
         )

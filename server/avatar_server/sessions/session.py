@@ -133,7 +133,7 @@ class Session:
                     width=width, height=height, fps=state.fps, clock_rate=state.clock_rate,
                     crf=settings.media.video_crf, preset=settings.media.x264_preset,
                     threads=settings.media.encoder_threads, start_frame=state.next_frame,
-                    start_sequence=state.next_sequence,
+                    start_sequence=state.next_sequence, cpu_meter=deps.metrics.encode_cpu.inc,
                 )
             except BaseException:
                 await render.aclose()

@@ -5,13 +5,13 @@ import { MseSink } from "./mse.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const token = params.get("token");
 const SESSION_KEY = "avatar.session_id";
 const STALL_MS = 300;
 const STALL_END_WINDOW_S = 0.5;
 
-const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
-const wsUrl = withToken(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+// With an access token the bridge set a cookie when this page was opened with ?token=; the
+// socket, the idle loop and video links carry it by themselves (same origin).
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 const ui = {
   screen: $("screen"), idle: $("idle"), live: $("live"), conn: $("conn"), unmute: $("unmute"),
@@ -105,10 +105,10 @@ function onSession(m) {
   $("fact-llm").textContent = m.llm || "–";
   if (m.width && m.height) ui.screen.style.setProperty("--aspect", `${m.width} / ${m.height}`);
   document.documentElement.lang = (m.language || "en").split("-")[0];
-  const idleUrl = withToken(m.idle_url);
+  const idleUrl = m.idle_url;
   if (ui.idle.dataset.src !== idleUrl) {
     ui.idle.dataset.src = idleUrl;
-    ui.idle.poster = withToken(m.poster_url);
+    ui.idle.poster = m.poster_url;
     ui.idle.src = idleUrl;
     ui.idle.play().catch(() => {});
   }
@@ -419,7 +419,7 @@ function addNotice(text, href) {
   const li = addBubble("notice", href ? "" : text);
   if (href) {
     const link = document.createElement("a");
-    link.href = withToken(href);
+    link.href = href;
     link.textContent = text;
     li.append(link);
   }

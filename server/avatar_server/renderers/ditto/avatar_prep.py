@@ -1,47 +1,55 @@
-"""Prepares an avatar for Ditto once: face crops, appearance volumes, source motion, eye features.
+"""Prepares an avatar for Ditto once: full-resolution frames, registration, appearance volumes, source motion.
 
-Per template frame: a rotated square crop around the registry's face landmarks (mediapipe 478 in
-frame pixels), 256x256 input for the appearance and motion networks, the crop's affine for
-paste-back, and eye-open / eye-ball features. The result is cached (torch.save of CPU tensors)
-under `AvatarAssets.cache_dir / "ditto"`, keyed by the weights and these settings.
+Frames come from the avatar's upload at its own resolution, scaled as the authors scale a source
+(longer side at most `max_size`, 1920 by default; even sides). Registration (registration/) crops
+each template frame and measures its eye conditions; the 256 input of the appearance and motion
+networks is the 512 crop area-scaled. The result is cached (torch.save of CPU tensors) under
+`AvatarAssets.cache_dir / "ditto"`, keyed by the weights and every option that shapes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
+from avatar_server.avatars.media_input import decode_media
 from avatar_server.avatars.model import AvatarAssets
 from avatar_server.core.errors import InvalidInput, RenderError
 from avatar_server.renderers.ditto.keypoints import SourceFace, motion_from_extractor
 from avatar_server.renderers.ditto.motion_diffusion import emotion_condition
 from avatar_server.renderers.ditto.putback import PasteBack, to_i420_async
+from avatar_server.renderers.ditto.registration import Registrar
+from avatar_server.renderers.ditto.registration.crop import CROP_SIZE, CropParameters, network_input
+from avatar_server.renderers.ditto.registration.eyes import MESH_POINTS
 
 log = logging.getLogger(__name__)
 
-CROP_SIZE = 512
-PREP_VERSION = 1
+PREP_VERSION = 2
+PREP_BATCH = 16  # template frames per appearance / motion call
 
-# Crop geometry. Ditto crops 2.3x the box of its 203-point landmarks, shifted up by 0.125 of the
-# side; mediapipe's mesh also covers the forehead (a box ~15% taller, centred higher), so the same
-# framing is about 2.0x, shifted 0.1 (inferred from the two layouts, not measured against Ditto).
-CROP_SCALE = 2.0
-CROP_SHIFT_UP = 0.1
 
-# mediapipe 478 indices
-_LEFT_EYE_CORNERS = (33, 133)
-_RIGHT_EYE_CORNERS = (263, 362)
-_LIP_CENTRE = (13, 14)
-_LEFT_LIDS = ((145, 159), (144, 160), (153, 158))
-_RIGHT_LIDS = ((374, 386), (373, 387), (380, 385))
-_LEFT_IRIS, _RIGHT_IRIS = 468, 473
-_MESH_POINTS = 478
+@dataclass(frozen=True)
+class PrepOptions:
+    """What shapes a prepared avatar (from the cfg .pkl and settings, see config.py)."""
+
+    max_size: int = 1920  # longer side of output frames; <= 0: the source's own size
+    template_frames: int = -1  # template frames of a video source; <= 0: all
+    crop: CropParameters = field(default_factory=CropParameters)
+    emotion: Any = 4  # the cfg's `emo`: a class index 0..7 or a list of them
+    use_emo: bool = True
+    use_eye_open: bool = True
+    use_eye_ball: bool = True
+    use_sc: bool = True
+
+    def key(self) -> str:
+        return repr(self)
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,14 @@ class PreparedAvatar:
     """What the Ditto pipeline needs of one avatar, on the host (cacheable)."""
 
     frames: np.ndarray  # (T, H, W, 3) uint8 template frames at output size
-    crop_from_frame: np.ndarray  # (T, 2, 3)
-    appearance: torch.Tensor  # (T, C, D, S, S) float16/32
+    frame_from_crop: np.ndarray  # (T, 3, 3) float32: crop pixels -> frame pixels (the authors' M_c2o)
+    appearance: torch.Tensor  # (T, C, D, S, S) float32
     source_motion: torch.Tensor  # (T, 265)
     canonical_kp: torch.Tensor  # (T, 63)
-    cond_extra: np.ndarray  # (cond_dim - audio_dim,) emotion, eye open, eye ball, source keypoints
+    eye_open: np.ndarray  # (T, 2) per template frame
+    eye_ball: np.ndarray  # (T, 6)
+    cond_extra: np.ndarray  # (cond_dim - audio_dim,) emotion, eye open, eye ball, source keypoints (frame 0)
+    registration: str  # the registration path this avatar took
 
     @property
     def size(self) -> tuple[int, int]:
@@ -69,10 +80,10 @@ class DeviceAvatar:
         self.appearance = prepared.appearance.to(device=device, dtype=dtype)
         self.source = SourceFace(prepared.source_motion.to(device), prepared.canonical_kp.to(device))
         self.source_keypoints = self.source.keypoints()
-        self.paste = PasteBack.build(prepared.frames, prepared.crop_from_frame, CROP_SIZE, device)
+        self.paste = PasteBack.build(prepared.frames, prepared.frame_from_crop, CROP_SIZE, device)
         # the template frames in I420 too (made here, on the engine thread, once per avatar and device)
-        images = torch.tensor(prepared.frames).permute(0, 3, 1, 2).float() / 255.0  # copy: read-only frames
-        self._i420_frames = to_i420_async(images).numpy()
+        pixels = torch.tensor(prepared.frames).permute(0, 3, 1, 2).float()  # copy: read-only frames
+        self._i420_frames = to_i420_async(pixels).numpy()
 
     def template_frames(self, frame_format: str) -> np.ndarray:
         """The template frames as rgb24 (T, H, W, 3) or I420 (T, H * 3 // 2, W), the latter with the
@@ -85,129 +96,96 @@ class DeviceAvatar:
         return int(self.prepared.frames.shape[0])
 
 
-def output_frames(frames: np.ndarray, max_size: int) -> tuple[np.ndarray, float]:
-    """Scales frames so the longer side is at most `max_size`, with even sides (for yuv420p)."""
-    height, width = frames.shape[1:3]
-    scale = min(1.0, max_size / max(height, width))
-    new_w, new_h = max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
-    if (new_w, new_h) == (width, height):
-        return frames, 1.0
-    resized = np.stack([cv2.resize(f, (new_w, new_h), interpolation=cv2.INTER_AREA) for f in frames])
-    return resized, new_w / width
+def output_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """(height, width) a source is scaled to, by the authors' rule: the longer side to `max_size`
+    when larger (the other rounded), then each side down to even."""
+    if max_size > 0 and max(height, width) > max_size:
+        if height > width:
+            height, width = max_size, round(width * max_size / height)
+        else:
+            height, width = round(height * max_size / width), max_size
+    return height - height % 2, width - width % 2
 
 
-def crop_affine(landmarks: np.ndarray) -> np.ndarray:
-    """2x3 affine from frame pixels to a 512 crop, upright along the eyes-to-lips axis."""
-    eyes = (landmarks[list(_LEFT_EYE_CORNERS)].mean(0) + landmarks[list(_RIGHT_EYE_CORNERS)].mean(0)) / 2
-    lips = landmarks[list(_LIP_CENTRE)].mean(0)
-    down = lips - eyes
-    length = float(np.linalg.norm(down))
-    down = down / length if length > 1e-3 else np.array([0.0, 1.0])
-    right = np.array([down[1], -down[0]])
-    axes = np.stack([right, down])  # rows: crop x and y directions in frame space
-    centre0 = landmarks.mean(0)
-    local = (landmarks - centre0) @ axes.T
-    low, high = local.min(0), local.max(0)
-    side = float(max(high - low)) * CROP_SCALE
-    centre = centre0 + axes.T @ ((low + high) / 2) - down * (CROP_SHIFT_UP * side)
-    scale = CROP_SIZE / side
-    linear = axes * scale
-    offset = CROP_SIZE / 2 - linear @ centre
-    return np.concatenate([linear, offset[:, None]], axis=1).astype(np.float32)
+def template_frames(assets: AvatarAssets, options: PrepOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The template frames at output size, from the upload at full resolution (else the registry's
+    frames), and the registry's landmarks scaled onto them: (T, H, W, 3) uint8, (T, 478, 2) float32."""
+    count = assets.frames.shape[0] if options.template_frames <= 0 else min(options.template_frames, assets.frames.shape[0])
+    frames = assets.frames[:count]
+    if assets.source_path is not None and Path(assets.source_path).is_file():
+        media = decode_media(Path(assets.source_path).read_bytes(), native=True, max_frames=count)
+        if len(media.frames) >= count:
+            frames = media.frames[:count]
+    height, width = output_size(frames.shape[1], frames.shape[2], options.max_size)
+    if (height, width) != frames.shape[1:3]:
+        frames = np.stack([cv2.resize(frame, (width, height)) for frame in frames])
+    factor = np.array([width / assets.frames.shape[2], height / assets.frames.shape[1]], np.float32)
+    landmarks = assets.landmarks[:count, :, :2].astype(np.float32) * factor
+    return np.ascontiguousarray(frames), landmarks
 
 
-def eye_features(landmarks_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eye openness (2,) and eye-ball movement (6,) from mediapipe landmarks in crop pixels.
-
-    Openness: three lid gaps over the eye width, per eye. Movement: the iris offset from the eye
-    centre, taken along the iris direction minus the eye-corner direction, scaled by its length,
-    laid out (x, y, z) x (left, right); z is 0 (the registry's landmarks are 2-D).
-    """
-    points = np.concatenate([landmarks_crop, np.zeros((len(landmarks_crop), 1))], axis=1)
-
-    def unit(v: np.ndarray) -> np.ndarray:
-        return v / (np.linalg.norm(v) + 1e-8)
-
-    def one_eye(corners: tuple[int, int], lids: tuple[tuple[int, int], ...], iris: int) -> tuple[float, np.ndarray]:
-        outer, inner = points[corners[0]], points[corners[1]]
-        width = np.linalg.norm(outer - inner)
-        gaps = sum(np.linalg.norm(points[a] - points[b]) for a, b in lids)
-        centre = (outer + inner) / 2
-        ball = points[iris]
-        move = (unit(ball - centre) - unit(outer - inner)) * np.linalg.norm(ball - centre)
-        return gaps / (width + 1e-8), move
-
-    left_open, left_move = one_eye(_LEFT_EYE_CORNERS, _LEFT_LIDS, _LEFT_IRIS)
-    right_open, right_move = one_eye(_RIGHT_EYE_CORNERS, _RIGHT_LIDS, _RIGHT_IRIS)
-    opening = np.array([left_open, right_open], dtype=np.float32)
-    movement = np.stack([left_move, right_move], axis=-1).reshape(-1).astype(np.float32)
-    return opening, movement
-
-
-def condition_extra(width: int, eye_open: np.ndarray, eye_ball: np.ndarray, source_kp: np.ndarray) -> np.ndarray:
-    """The per-frame condition after the audio feature: emotion 8 | eye open 2 | eye ball 6 | kp 63."""
-    parts = [emotion_condition(), eye_open, eye_ball, source_kp.reshape(-1)]
-    extra = np.concatenate(parts).astype(np.float32)
+def condition_extra(width: int, options: PrepOptions, eye_open: np.ndarray, eye_ball: np.ndarray,
+                    source_kp: np.ndarray) -> np.ndarray:
+    """The per-frame condition after the audio feature, in the authors' order, each part where the
+    cfg switches it on: emotion 8 | eye open 2 | eye ball 6 | source keypoints 63."""
+    parts = [(options.use_emo, emotion_condition(options.emotion)), (options.use_eye_open, eye_open),
+             (options.use_eye_ball, eye_ball), (options.use_sc, source_kp.reshape(-1))]
+    extra = np.concatenate([np.asarray(part, np.float32) for used, part in parts if used] or [np.zeros(0, np.float32)])
     if extra.shape[0] != width:
         raise RenderError(
-            f"LMDM expects {width} condition values after the audio feature; this pipeline builds "
-            f"{extra.shape[0]} (emotion 8, eye open 2, eye ball 6, keypoints 63)"
+            f"LMDM expects {width} condition values after the audio feature; this cfg builds "
+            f"{extra.shape[0]} (emotion 8, eye open 2, eye ball 6, keypoints 63, as switched on)"
         )
     return extra
 
 
-def prepare_avatar(assets: AvatarAssets, networks, *, max_size: int, template_frames: int) -> PreparedAvatar:
-    """Runs the per-avatar networks (call on the engine's worker thread)."""
-    if assets.landmark_layout != "mediapipe478" or assets.landmarks.shape[1] < _MESH_POINTS:
+def prepare_avatar(assets: AvatarAssets, networks, registrar: Registrar, options: PrepOptions) -> PreparedAvatar:
+    """Runs registration and the per-avatar networks (call on the engine's worker thread)."""
+    if assets.landmark_layout != "mediapipe478" or assets.landmarks.shape[1] < MESH_POINTS:
         raise InvalidInput(
             f"Ditto needs mediapipe478 face landmarks, avatar {assets.info.id} has {assets.landmark_layout}",
             stage="render",
         )
-    count = max(1, min(template_frames, assets.frames.shape[0]))
-    frames, scale = output_frames(np.ascontiguousarray(assets.frames[:count]), max_size)
-    landmarks = assets.landmarks[:count, :, :2].astype(np.float64) * scale
-    affines = np.stack([crop_affine(points) for points in landmarks])
+    frames, landmarks = template_frames(assets, options)
+    registered = registrar.register(frames, landmarks, assets.info.id)
     source_size = networks.sizes.source_size
-    inputs, opens, balls = [], [], []
-    for frame, affine, points in zip(frames, affines, landmarks):
-        crop = cv2.warpAffine(frame, affine, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR)
-        small = cv2.resize(crop, (source_size, source_size), interpolation=cv2.INTER_AREA)
-        inputs.append(small)
-        crop_points = points @ affine[:, :2].T.astype(np.float64) + affine[:, 2]
-        opening, movement = eye_features(crop_points)
-        opens.append(opening)
-        balls.append(movement)
-    images = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).float() / 255.0
+    inputs = np.stack([network_input(crop, source_size) for crop in registered.crops])
+    images = torch.from_numpy(inputs).permute(0, 3, 1, 2).float() / 255.0
+    appearances, infos = [], []
     with torch.inference_mode():
-        appearance = networks.appearance(images).cpu()
-        info = {key: value.float().cpu() for key, value in networks.motion(images).items()}
+        for batch in images.split(PREP_BATCH):  # bounded memory for long video avatars
+            appearances.append(networks.appearance(batch).float().cpu())
+            infos.append({key: value.float().cpu() for key, value in networks.motion(batch).items()})
+    appearance = torch.cat(appearances)
+    info = {key: torch.cat([part[key] for part in infos]) for key in infos[0]}
     source_motion = motion_from_extractor(info)
-    canonical_kp = info["kp"].reshape(count, -1)
-    extra = condition_extra(
-        networks.cond_dim - networks.sizes.audio_dim, opens[0], balls[0], canonical_kp[0].numpy()
-    )
-    return PreparedAvatar(frames, affines, appearance, source_motion, canonical_kp, extra)
+    canonical_kp = info["kp"].reshape(len(frames), -1)
+    extra = condition_extra(networks.cond_dim - networks.sizes.audio_dim, options, registered.eye_open[0],
+                            registered.eye_ball[0], canonical_kp[0].numpy())
+    return PreparedAvatar(frames, registered.frame_from_crop, appearance, source_motion, canonical_kp,
+                          registered.eye_open, registered.eye_ball, extra, registered.path)
 
 
-def cache_key(assets: AvatarAssets, weights_id: str, *, max_size: int, template_frames: int) -> str:
-    """Names a prepared avatar by content, weights and prep settings."""
-    text = f"{PREP_VERSION}|{assets.info.content_sha256}|{weights_id}|{max_size}|{template_frames}"
+def cache_key(assets: AvatarAssets, weights_id: str, registration: str, options: PrepOptions) -> str:
+    """Names a prepared avatar by content, weights, registration path and prep options."""
+    text = f"{PREP_VERSION}|{assets.info.content_sha256}|{weights_id}|{registration}|{options.key()}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def load_or_prepare(
-    assets: AvatarAssets, networks, *, weights_id: str, max_size: int, template_frames: int
-) -> PreparedAvatar:
+def load_or_prepare(assets: AvatarAssets, networks, registrar: Registrar, *, weights_id: str,
+                    options: PrepOptions) -> PreparedAvatar:
     """The cached preparation if present and readable, else a fresh one (then cached)."""
     folder = Path(assets.cache_dir) / "ditto"
-    path = folder / f"prepared-{cache_key(assets, weights_id, max_size=max_size, template_frames=template_frames)}.pt"
+    path = folder / f"prepared-{cache_key(assets, weights_id, registrar.path, options)}.pt"
     if path.exists():
         try:
             data = torch.load(path, map_location="cpu", weights_only=False)
             return PreparedAvatar(**data)
         except Exception as exc:  # a torn or stale cache file is rebuilt, not fatal
             log.warning("ditto avatar cache %s unreadable (%s); preparing again", path, exc)
-    prepared = prepare_avatar(assets, networks, max_size=max_size, template_frames=template_frames)
+    prepared = prepare_avatar(assets, networks, registrar, options)
+    log.info("ditto avatar %s prepared: %d template frame(s) at %dx%d, registration: %s", assets.info.id,
+             len(prepared.frames), prepared.size[1], prepared.size[0], prepared.registration)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")

@@ -55,13 +55,15 @@ ONNX_FILES = {
 }
 GRID_SAMPLE_PLUGIN = "ditto_onnx/libgrid_sample_3d_plugin.so"  # TensorRT 8.6 only; never needed here
 
-# Face models of the official avatar registration; our avatars use mediapipe, so these are optional.
-FACE_AUX_FILES = (
-    "ditto_pytorch/aux_models/det_10g.onnx",
-    "ditto_pytorch/aux_models/2d106det.onnx",
-    "ditto_pytorch/aux_models/landmark203.onnx",
-    "ditto_pytorch/aux_models/face_landmarker.task",
-)
+# Face models of the release's avatar registration (det_10g face boxes -> 106 landmarks -> 203
+# landmarks -> crop). All three present: registration uses them; none: the mediapipe-only fallback;
+# some: a start-up error naming the missing ones. face_landmarker.task (mediapipe's 478-point model,
+# for the eye features) is not needed: the same FaceMesh family ships inside the mediapipe wheel.
+DETECTOR_AUX = "ditto_pytorch/aux_models/det_10g.onnx"
+LANDMARK106_AUX = "ditto_pytorch/aux_models/2d106det.onnx"
+LANDMARK203_AUX = "ditto_pytorch/aux_models/landmark203.onnx"
+FACE_LANDMARKER_AUX = "ditto_pytorch/aux_models/face_landmarker.task"
+REGISTRATION_AUX_FILES = (DETECTOR_AUX, LANDMARK106_AUX, LANDMARK203_AUX)
 
 PREBUILT_ENGINE_DIR = "ditto_trt_Ampere_Plus"  # TensorRT 8.6.1 engines: they do not load in TensorRT 10
 FP32_ENGINES = frozenset({"motion_extractor", "lmdm", "hubert"})  # as the official conversion script chose
@@ -170,6 +172,31 @@ def require_checkpoints(
             + f". {hint}"
         )
     return ResolvedFiles(root=root, networks=resolved)
+
+
+def registration_aux_files(root: Path) -> dict[str, Path] | None:
+    """The release's three face models (by file name) when all are present and real; None when the
+    folder has none of them (mediapipe-only registration). Raises CheckpointsError naming what is
+    missing or broken when only some are there: nothing half-loads."""
+    root = Path(root)
+    paths = {Path(rel).name: root / rel for rel in REGISTRATION_AUX_FILES}
+    present = {name: path for name, path in paths.items() if path.exists()}
+    if not present:
+        return None
+    problems = [f"missing {_shown(path, root)}" for name, path in paths.items() if name not in present]
+    for path in present.values():
+        if is_lfs_pointer(path):
+            problems.append(f"{_shown(path, root)} is a Git LFS pointer, not the model (run git lfs pull)")
+        elif path.stat().st_size == 0:
+            problems.append(f"{_shown(path, root)} is empty")
+    if problems:
+        raise CheckpointsError(
+            f"Ditto checkpoints in {root} hold only some of the face registration models: "
+            + "; ".join(problems)
+            + ". Add all of det_10g.onnx, 2d106det.onnx and landmark203.onnx (registration as the authors "
+            f"do it), or remove them all (mediapipe-only registration). {GET_WEIGHTS_HINT}"
+        )
+    return paths
 
 
 def _shown(path: Path, root: Path) -> str:

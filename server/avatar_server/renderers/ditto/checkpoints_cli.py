@@ -21,14 +21,17 @@ def _standin(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from avatar_server.renderers.ditto.checkpoints import registration_aux_files
     from avatar_server.renderers.ditto.models import load_ditto_config, load_networks
 
-    networks = load_networks(args.dir, runtime=args.runtime, device=args.device)
     config = load_ditto_config(args.dir)
+    aux = registration_aux_files(args.dir)
+    networks = load_networks(args.dir, runtime=args.runtime, device=args.device)
     for model in networks.describe():
         print(f"{model.name}: {model.runtime} on {model.device} ({model.precision})")
     print(f"sizes: {networks.sizes}")
     print(f"config: {config.source} (online_mode={config.online_mode}, sampling_timesteps={config.sampling_timesteps})")
+    print("registration: " + ("release face models " + ", ".join(aux) if aux else "mediapipe 478 landmarks (no face models)"))
     return 0
 
 

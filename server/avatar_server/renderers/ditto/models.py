@@ -13,7 +13,6 @@ feature have fewer channels. Read them from `networks.sizes` (a `NetworkSizes`) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -151,15 +150,6 @@ def load_networks(
 
         return TensorRTNetworks.load(root, device=device, precision=precision, engine_dir=engine_dir)
     raise CheckpointsError(f"unknown Ditto runtime {runtime!r}: use pytorch, onnx or tensorrt")
-
-
-def config_overrides_from_settings(settings: Any) -> Mapping[str, Any]:
-    """The DittoConfig overrides the service settings carry (sampling steps, max size, template frames)."""
-    return {
-        "sampling_timesteps": settings.ditto.sampling_steps,
-        "max_size": settings.ditto.max_size,
-        "template_n_frames": settings.ditto.template_frames,
-    }
 
 
 def network_options_from_settings(settings: Any) -> dict[str, Any]:

@@ -119,10 +119,14 @@ def sample_motion(
     return x.float()
 
 
-def emotion_condition(index: int = NEUTRAL_EMOTION) -> np.ndarray:
-    """(8,) soft emotion label: softmax of a one-hot scaled by 8."""
+def emotion_condition(emotion: int | list[int] | tuple[int, ...] = NEUTRAL_EMOTION) -> np.ndarray:
+    """(8,) soft emotion label, as the authors build it: 8 on the chosen class(es), softmax.
+    `emotion` is the cfg's `emo`: a class index 0..7 or a list of them."""
+    classes = [emotion] if isinstance(emotion, (int, np.integer)) else list(emotion) if isinstance(emotion, (list, tuple)) else None
+    if not classes or not all(isinstance(c, (int, np.integer)) and 0 <= c < 8 for c in classes):
+        raise ValueError(f"Ditto emotion {emotion!r} is not a class 0..7 or a list of them")
     logits = np.zeros(8, dtype=np.float64)
-    logits[index] = 8.0
+    logits[classes] = 8.0
     weights = np.exp(logits - logits.max())
     return (weights / weights.sum()).astype(np.float32)
 

@@ -24,16 +24,30 @@ import numpy as np
 from avatar_server.avatars.model import AvatarAssets
 from avatar_server.core.errors import CapacityExhausted, InvalidInput
 from avatar_server.core.frames import Frame
-from avatar_server.renderers.base import ModelDescription
+from avatar_server.renderers.base import ModelDescription, RendererSetup
 from avatar_server.renderers.ditto.audio_features import (
     FRAMES_PER_CHUNK,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     AudioChunker,
 )
-from avatar_server.renderers.ditto.avatar_prep import DeviceAvatar, load_or_prepare, mirror_index
+from avatar_server.renderers.ditto.avatar_prep import (
+    DeviceAvatar,
+    PrepOptions,
+    load_or_prepare,
+    mirror_index,
+)
+from avatar_server.renderers.ditto.checkpoints import registration_aux_files
+from avatar_server.renderers.ditto.config import ConfigError, DittoConfig, resolve_config
 from avatar_server.renderers.ditto.engine import Admission, DittoEngine, EngineOptions, FrameRequest
-from avatar_server.renderers.ditto.motion_diffusion import MotionStream, StreamOptions
+from avatar_server.renderers.ditto.motion_diffusion import (
+    MotionStream,
+    StreamOptions,
+    emotion_condition,
+)
+from avatar_server.renderers.ditto.registration import Registrar
+from avatar_server.renderers.ditto.registration.crop import CropParameters
+from avatar_server.renderers.ditto.registration.face_models import ReleaseFaceModels
 
 FPS = SAMPLE_RATE // SAMPLES_PER_FRAME  # 25
 RENDER_CHUNK = 4  # frames per render job: small for latency, merged across sessions by the engine
@@ -48,6 +62,23 @@ def _weights_id(checkpoints: Path) -> str:
             stat = path.stat()
             entries.append(f"{path.relative_to(checkpoints)}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def _crop_parameters(config: DittoConfig) -> CropParameters:
+    return CropParameters(scale=float(config.crop_scale), vx=float(config.crop_vx_ratio),
+                          vy=float(config.crop_vy_ratio), rotate=bool(config.crop_flag_do_rot))
+
+
+def _prep_options(config: DittoConfig) -> PrepOptions:
+    """What the cfg says about preparing avatars; a bad emotion is a start-up error naming the file."""
+    try:
+        emotion_condition(config.emo)
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
+    return PrepOptions(max_size=int(config.max_size), template_frames=int(config.template_n_frames),
+                       crop=_crop_parameters(config), emotion=config.emo, use_emo=bool(config.use_emo),
+                       use_eye_open=bool(config.use_eye_open), use_eye_ball=bool(config.use_eye_ball),
+                       use_sc=bool(config.use_sc))
 
 
 @dataclass(frozen=True)
@@ -69,7 +100,14 @@ class DittoRenderer:
 
     def __init__(self, settings: Any, *, networks: Any = None, engine_options: EngineOptions | None = None) -> None:
         """`networks` (one loaded set) skips loading and gives a single engine; otherwise one set is
-        loaded per device of `settings.ditto.device`."""
+        loaded per device of `settings.ditto.device`. The cfg .pkl and the face models are checked
+        first: a bad checkpoints folder fails before any weights load."""
+        checkpoints = Path(settings.ditto.checkpoints)
+        self.resolved = resolve_config(checkpoints, settings.ditto)
+        config = self.resolved.config
+        aux_files = registration_aux_files(checkpoints)
+        self.registrar = Registrar(ReleaseFaceModels.load(aux_files) if aux_files else None, _crop_parameters(config))
+        self.prep_options = _prep_options(config)
         if networks is None:
             from avatar_server.renderers.ditto.models import (
                 engine_devices,
@@ -78,25 +116,23 @@ class DittoRenderer:
             )
 
             options = network_options_from_settings(settings)
-            network_sets = [load_networks(Path(settings.ditto.checkpoints), **{**options, "device": device})
+            network_sets = [load_networks(checkpoints, **{**options, "device": device})
                             for device in engine_devices(settings.ditto.device)]
         else:
             network_sets = [networks]
         self.networks = network_sets[0]
         self.stream_options = StreamOptions(
-            sampling_steps=settings.ditto.sampling_steps,
-            overlap=settings.ditto.overlap,
+            sampling_steps=config.sampling_timesteps,
+            overlap=config.overlap_v2,
             stride=settings.ditto.stride,
             first_frames=settings.ditto.first_frames,
         )
         self.stream_options.validate(self.networks.seq_frames)
-        self._max_size = settings.ditto.max_size
-        self._template_frames = settings.ditto.template_frames
-        self._weights_id = _weights_id(Path(settings.ditto.checkpoints))
+        self._weights_id = _weights_id(checkpoints)
         batch_sizes = tuple(s for s in (1, 2, 4, 8, 16, 32, 64) if s <= settings.ditto.render_batch)
         options = engine_options or EngineOptions(
             render_batch_sizes=batch_sizes or (1,),
-            sampling_steps=settings.ditto.sampling_steps,
+            sampling_steps=config.sampling_timesteps,
             frames_per_window=settings.ditto.stride,
             capacity_fps=settings.ditto.capacity_fps,
             max_sessions=settings.limits.max_sessions,
@@ -118,6 +154,7 @@ class DittoRenderer:
             raise
         self.engine = self.engines[0]  # the first (only, on one device) engine
         self._avatars: dict[str, tuple[DeviceAvatar, int]] = {}
+        self._registered: dict[str, str] = {}  # avatar id -> the registration path it took
         self._avatar_locks: dict[str, asyncio.Lock] = {}
 
     async def open_session(self, avatar: AvatarAssets, *, fps: int, seed: int | None = None) -> DittoSession:
@@ -138,6 +175,12 @@ class DittoRenderer:
     def models(self) -> list[ModelDescription]:
         """Every engine's networks (one entry per network and device)."""
         return [model for engine in self.engines for model in engine.networks.describe()]
+
+    def setup(self) -> RendererSetup:
+        """The registration path and the run options in use (cfg values, overrides), for ServerInfo."""
+        fallbacks = [f"avatar {avatar}: {path}" for avatar, path in sorted(self._registered.items())
+                     if path != self.registrar.path]
+        return RendererSetup("; ".join([self.registrar.path, *fallbacks]), self.resolved.describe())
 
     def capacity_fps(self) -> float:
         """Frames per second all engines sustain together."""
@@ -186,14 +229,13 @@ class DittoRenderer:
                 return device_avatar
 
             def prepare() -> DeviceAvatar:
-                prepared = load_or_prepare(
-                    avatar, engine.networks, weights_id=self._weights_id,
-                    max_size=self._max_size, template_frames=self._template_frames,
-                )
+                prepared = load_or_prepare(avatar, engine.networks, self.registrar, weights_id=self._weights_id,
+                                           options=self.prep_options)
                 return DeviceAvatar(prepared, engine.networks.device, engine.networks.dtype)
 
             device_avatar = await asyncio.wrap_future(engine.call(prepare))
             self._avatars[key] = (device_avatar, 1)
+            self._registered[avatar.info.id] = device_avatar.prepared.registration
             return device_avatar
 
     def _release_avatar(self, key: str) -> None:

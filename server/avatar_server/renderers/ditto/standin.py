@@ -3,14 +3,17 @@
 `full` stand-ins have exactly the official tensor names, shapes and dtypes (for GPU benchmarks: the
 cost is the real one); `tiny` ones keep the names, the file layout and every outer width but shrink
 inner widths and some kernels, so a whole frame runs on a CPU in a fraction of a second (tiny shapes
-are NOT the official shapes). The HuBERT audio encoder is a small module with the official ONNX
-inputs and outputs, not HuBERT, in both sizes. Nothing here resembles the trained networks.
+are NOT the official shapes). The HuBERT audio encoder has the release's ONNX inputs and outputs and,
+in `full`, HuBERT-large's size (networks/hubert_standin.py); the face registration models (det_10g,
+2d106det, landmark203) have the release's names and I/O with small bodies (standin_aux.py). The cfg
+pickles have the release's file names and key layout. Nothing here resembles the trained networks.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +23,9 @@ from torch import nn
 
 from avatar_server.renderers.ditto import checkpoints as layout
 from avatar_server.renderers.ditto.loaders import SPECS
+from avatar_server.renderers.ditto.networks import hubert_standin
 from avatar_server.renderers.ditto.networks.decoder import SpadeDecoder
-from avatar_server.renderers.ditto.networks.hubert_standin import HubertStandIn
+from avatar_server.renderers.ditto.standin_aux import aux_standins
 
 StandInSize = Literal["tiny", "full"]
 ONNX_OPSET = 17
@@ -31,6 +35,15 @@ README = """STAND-IN Ditto checkpoints ({size}), written by `avatar-checkpoints 
 Random weights: the avatar renders as noise. {shapes}
 Real weights: git lfs install && git clone {repo} <dir>
 """
+
+
+def is_standin(root: Path, size: StandInSize | None = None) -> bool:
+    """True when `root` holds stand-in checkpoints written here (of `size`, when given)."""
+    marker = Path(root) / "STANDIN.txt"
+    if not marker.is_file():
+        return False
+    first_line = marker.read_text(errors="replace").splitlines()[:1]
+    return bool(first_line) and (size is None or f"({size})" in first_line[0])
 
 
 def build_standin_networks(size: StandInSize, seed: int = 0) -> dict[str, nn.Module]:
@@ -106,40 +119,52 @@ def _example_inputs(network: str, modules: dict[str, nn.Module]) -> tuple[tuple[
 
 
 def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
-                output_names: list[str], dynamic_axes: dict[str, dict[int, str]] | None = None) -> bytes:
-    """TorchScript ONNX export at batch 1 (like the official files); 5-D grid samples become the custom op."""
+                output_names: list[str], dynamic_axes: dict[str, dict[int, str]] | None = None,
+                path: Path | None = None) -> bytes:
+    """TorchScript ONNX export at batch 1 (like the official files); 5-D grid samples become the custom op.
+
+    Returns the model's bytes, or writes them to `path` (and returns b""), which saves one copy of
+    a large model in memory. Initializers keep the module's parameter names (no constant folding)."""
     torch.onnx.register_custom_op_symbolic("::grid_sampler", _grid_sample_symbolic, ONNX_OPSET)
-    buffer = io.BytesIO()
+    target: Any = io.BytesIO() if path is None else str(path)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, inputs, buffer, input_names=input_names, output_names=output_names,
-            opset_version=ONNX_OPSET, dynamo=False, dynamic_axes=dynamic_axes,
+            module, inputs, target, input_names=input_names, output_names=output_names,
+            opset_version=ONNX_OPSET, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=False,
         )
-    return buffer.getvalue()
+    return target.getvalue() if path is None else b""
 
 
-def _cfg(size: StandInSize, cond_dim: int, *, runtime: str, online: bool) -> dict[str, Any]:
-    data_root = {"pytorch": "ditto_pytorch", "trt": "ditto_trt_Ampere_Plus"}[runtime]
-    def entry(path: str) -> dict[str, Any]:
+def _cfg(cond_dim: int, *, runtime: str, online: bool) -> dict[str, Any]:
+    """A cfg dict in the release's key layout (the one the authors' parse_cfg reads)."""
+    trt = runtime == "trt"
+
+    def entry(network: str) -> dict[str, Any]:
+        path = layout.PTH_FILES[network].split("/", 1)[1]  # relative to ditto_pytorch/
+        if trt:
+            path = layout.engine_file_name(network, "fp16")
         return {"model_path": path, "device": "cuda"}
-    model_files = layout.PTH_FILES if runtime == "pytorch" else {
-        name: f"{layout.PREBUILT_ENGINE_DIR}/{layout.engine_file_name(name, 'fp16')}" for name in layout.PTH_FILES
-    }
-    def relative(path: str) -> str:
-        return path.split("/", 1)[1] if path.startswith(data_root + "/") else path
+
+    def aux(relative: str, engine: str) -> dict[str, Any]:
+        return {"model_path": engine if trt else relative.split("/", 1)[1], "device": "cuda"}
+
     return {
         "base_cfg": {
-            "appearance_extractor_cfg": entry(relative(model_files["appearance_extractor"])),
-            "motion_extractor_cfg": entry(relative(model_files["motion_extractor"])),
-            "warp_network_cfg": entry(relative(model_files["warp_network"])),
-            "decoder_cfg": entry(relative(model_files["decoder"])),
-            "stitch_network_cfg": entry(relative(model_files["stitch_network"])),
-            "hubert_cfg": entry(relative(layout.HUBERT_AUX) if runtime == "pytorch" else "hubert_fp32.engine"),
+            "insightface_det_cfg": aux(layout.DETECTOR_AUX, "det_10g_fp16.engine"),
+            "landmark106_cfg": aux(layout.LANDMARK106_AUX, "2d106det_fp16.engine"),
+            "landmark203_cfg": aux(layout.LANDMARK203_AUX, "landmark203_fp16.engine"),
+            "landmark478_cfg": {"blaze_face_model_path": "", "face_mesh_model_path": "", "device": "cuda",
+                                "task_path": layout.FACE_LANDMARKER_AUX.split("/", 1)[1]},
+            "appearance_extractor_cfg": entry("appearance_extractor"),
+            "motion_extractor_cfg": entry("motion_extractor"),
+            "stitch_network_cfg": entry("stitch_network"),
+            "warp_network_cfg": entry("warp_network"),
+            "decoder_cfg": entry("decoder"),
+            "hubert_cfg": aux(layout.HUBERT_AUX, "hubert_fp32.engine"),
         },
         "audio2motion_cfg": {
-            "model_path": relative(model_files["lmdm"]),
-            "device": "cuda",
+            **entry("lmdm"),
             "motion_feat_dim": 265,
             "audio_feat_dim": cond_dim,
             "seq_frames": 80,
@@ -149,9 +174,18 @@ def _cfg(size: StandInSize, cond_dim: int, *, runtime: str, online: bool) -> dic
             "use_eye_ball": True,
             "w2f_type": "hubert",
         },
+        # the release's run options are not public; these are the authors' code defaults
         "default_kwargs": {"online_mode": online, "sampling_timesteps": 50, "overlap_v2": 10},
-        "avatar_standin": {"size": size, "note": "random weights: renders noise"},
     }
+
+
+def write_hubert(path: Path, size: StandInSize, seed: int = 0) -> None:
+    """Writes hubert_streaming_fix_kv.onnx: `input_values` (1, samples) -> `encoding_out` (frames, 1024)."""
+    torch.manual_seed(seed)
+    module = hubert_standin.HubertStandIn(hubert_standin.FULL if size == "full" else hubert_standin.TINY).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(module, (torch.zeros(1, 6480),), ["input_values"], ["encoding_out"],
+                dynamic_axes={"input_values": {1: "samples"}, "encoding_out": {0: "frames"}}, path=path)
 
 
 def write_standin(root: Path, size: StandInSize = "tiny", *, seed: int = 0, onnx: bool = True) -> list[Path]:
@@ -179,20 +213,21 @@ def write_standin(root: Path, size: StandInSize = "tiny", *, seed: int = 0, onnx
         (layout.CFG_OFFLINE, "trt", False),
         (layout.CFG_PYTORCH, "pytorch", False),
     ):
-        save_bytes(relative, pickle.dumps(_cfg(size, cond_dim, runtime=runtime, online=online)))
+        save_bytes(relative, pickle.dumps(_cfg(cond_dim, runtime=runtime, online=online)))
 
-    hubert = HubertStandIn(hidden=32 if size == "tiny" else 256).eval()
-    hubert_onnx = export_onnx(
-        hubert, (torch.zeros(1, 6480),), ["input_values"], ["encoding_out"],
-        dynamic_axes={"input_values": {1: "samples"}, "encoding_out": {0: "frames"}},
-    )
-    save_bytes(layout.HUBERT_AUX, hubert_onnx)
+    write_hubert(root / layout.HUBERT_AUX, size, seed)
+    written.append(root / layout.HUBERT_AUX)
+    torch.manual_seed(seed + 1)
+    aux_files = {Path(rel).stem: rel for rel in layout.REGISTRATION_AUX_FILES}
+    for name, (module, example, input_names, output_names, axes) in aux_standins().items():
+        save_bytes(aux_files[name], export_onnx(module, (example,), input_names, output_names, axes))
     if onnx:
         modules["decoder"].fold_spectral_norm()
         for network, module in modules.items():
             inputs, input_names, output_names = _example_inputs(network, modules)
             save_bytes(layout.ONNX_FILES[network], export_onnx(module, inputs, input_names, output_names))
-        save_bytes(layout.ONNX_FILES["hubert"], hubert_onnx)
+        shutil.copyfile(root / layout.HUBERT_AUX, root / layout.ONNX_FILES["hubert"])
+        written.append(root / layout.ONNX_FILES["hubert"])
 
     shapes = "Tensor names and shapes are the official ones." if size == "full" else (
         "Tensor names are the official ones; widths are reduced (tiny != official shapes)."

@@ -16,7 +16,7 @@ from avatar_server.avatars.landmarks import LAYOUTS
 from avatar_server.avatars.model import AvatarAssets
 from avatar_server.core.errors import RenderError
 from avatar_server.core.frames import Frame
-from avatar_server.renderers.base import ModelDescription
+from avatar_server.renderers.base import ModelDescription, RendererSetup
 from avatar_server.renderers.lipsync.idle_motion import IdleMotion
 from avatar_server.renderers.lipsync.mouth_rig import MouthRig
 from avatar_server.renderers.lipsync.mouth_track import REST, LoudnessScale, MouthPose, MouthTrack
@@ -226,6 +226,10 @@ class LipSyncRenderer:
                 precision="fp32",
             )
         ]
+
+    def setup(self) -> RendererSetup:
+        """No registration step beyond the avatar registry's landmarks, no run options of its own."""
+        return RendererSetup()
 
     def capacity_fps(self) -> float:
         """Frames per second all cores could draw, from the frames drawn so far (0 before any)."""

@@ -1,0 +1,1 @@
+"""The Ditto fidelity harness (see reference_harness.py)."""
